@@ -1,0 +1,183 @@
+"""What every data set shares: `DatasetInfo`, `DataError`, file readers with clear errors, and the
+`SegmentationDataset` base that turns (image path, mask path) samples into `(Image, Mask)` pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+# Any callable `transforms(image, target) -> (image, target)`, e.g. `fcnseg.data.transforms.JointTransform`.
+PairTransform = Callable[[Any, Any], tuple[Any, Any]]
+
+MASK_MODES = ("P", "L", "I", "I;16")  # palette or grayscale: pixel values are the label indices
+# What Pillow raises for missing, truncated or foreign files (SyntaxError: "broken PNG file").
+PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class DataError(ValueError):
+    """A data set on disk is missing, malformed or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and the metrics need to know about a data set's labels."""
+
+    name: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = 255
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# ---------------------------------------------------------------- files and folders
+
+
+def require_dir(path: Path, *, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"missing {what} folder: {path}")
+    return path
+
+
+def read_list(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a split list file."""
+    if not path.is_file():
+        raise DataError(f"missing list file: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def require_files(paths: Iterable[Path], *, what: str) -> None:
+    """Raise one DataError listing (a few of) the files that do not exist."""
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        shown = ", ".join(str(path) for path in missing[:5])
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise DataError(f"{len(missing)} missing {what} file(s): {shown}{more}")
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An RGB image file as a uint8 tensor (3, H, W)."""
+    try:
+        with Image.open(path) as image:
+            rgb = np.array(image.convert("RGB"))  # (H, W, 3)
+    except PIL_ERRORS as error:
+        raise DataError(f"cannot read image {path}: {error}") from error
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A palette or grayscale label image as its (H, W) indices, never converted through RGB."""
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            labels = np.array(image)  # (H, W)
+    except PIL_ERRORS as error:
+        raise DataError(f"cannot read mask {path}: {error}") from error
+    if mode not in MASK_MODES:
+        raise DataError(
+            f"mask {path} has mode {mode!r}; expected a palette or grayscale image of label indices "
+            f"({', '.join(MASK_MODES)}), not colours"
+        )
+    return labels
+
+
+def read_mat(path: Path, key: str) -> Any:
+    """Variable `key` of a MATLAB .mat file."""
+    try:
+        contents = scipy.io.loadmat(str(path))
+    except (OSError, ValueError, TypeError, NotImplementedError) as error:
+        raise DataError(f"cannot read .mat file {path}: {error}") from error
+    if key not in contents:
+        found = sorted(name for name in contents if not name.startswith("__"))
+        raise DataError(f".mat file {path} has no variable {key!r} (found {found})")
+    return contents[key]
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_size(*, mask: np.ndarray, image_size: tuple[int, int], mask_path: Path, image_path: Path) -> None:
+    if mask.ndim != 2:
+        raise DataError(f"mask {mask_path} should be (H, W), got shape {mask.shape}")
+    if tuple(mask.shape) != tuple(image_size):
+        raise DataError(
+            f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {image_path} is "
+            f"{image_size[0]}x{image_size[1]}"
+        )
+
+
+def check_labels(mask: np.ndarray, *, info: DatasetInfo, path: Path) -> None:
+    """Every label is a class index in [0, num_classes) or the ignore index."""
+    valid = ((mask >= 0) & (mask < info.num_classes)) | (mask == info.ignore_index)
+    if not valid.all():
+        bad = np.unique(mask[~valid])
+        raise DataError(
+            f"mask {path} holds label(s) {bad[:10].tolist()} outside [0, {info.num_classes}) and the ignore "
+            f"index {info.ignore_index} of {info.name}"
+        )
+
+
+def to_mask(labels: np.ndarray) -> tv_tensors.Mask:
+    return tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64)))  # (H, W) int64
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Samples of (image path, mask path) read as `(tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask int64 (H, W))`.
+
+    Subclasses say where the files are and override `load_mask` to decode their label format (remapping void
+    to `info.ignore_index`); multi-modal subclasses keep extra paths in each sample tuple and override
+    `__getitem__`. `transforms(image, mask)`, when given, is applied to every pair.
+    """
+
+    def __init__(
+        self,
+        *,
+        samples: Sequence[tuple[Path, ...]],
+        info: DatasetInfo,
+        transforms: PairTransform | None = None,
+        source: str = "",
+    ) -> None:
+        if not samples:
+            raise DataError(f"empty split of {info.name}: no samples in {source or 'the given list'}")
+        self.samples = [tuple(Path(path) for path in sample) for sample in samples]
+        self.info = info
+        self.transforms = transforms
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_mask(self, path: Path) -> np.ndarray:
+        """The (H, W) label map of one sample, void already mapped to `info.ignore_index`."""
+        return read_label_png(path)
+
+    def load_pair(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """Sample `index` read and checked, before transforms."""
+        image_path, mask_path = self.samples[index][:2]
+        image = read_image(image_path)
+        mask = self.load_mask(mask_path)
+        check_size(mask=mask, image_size=tuple(image.shape[-2:]), mask_path=mask_path, image_path=image_path)
+        check_labels(mask, info=self.info, path=mask_path)
+        return tv_tensors.Image(image), to_mask(mask)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, mask = self.load_pair(index)
+        if self.transforms is not None:
+            return self.transforms(image, mask)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.info.name}, {len(self)} samples from {self.source})"

@@ -1,0 +1,203 @@
+"""FCN-32s, FCN-16s, FCN-8s and FCN-8s at-once on VGG16, exactly as the reference (voc-fcn*s/net.py).
+
+Layer names are the reference's, so that the state dicts converted from its Caffe models (for
+example by the ``torchfcn`` port) load with ``strict=True`` and give identical outputs.
+
+Alignment. Every layer maps a coordinate ``x`` of its input to ``a * x + b`` of its output
+(Caffe's ``coord_map``): a convolution or pooling with kernel ``k``, stride ``s`` and padding ``p``
+has ``a = 1/s, b = (p - (k - 1) / 2) / s``; a transposed convolution has ``a = s,
+b = (k - 1) / 2 - p``. Composing them from the image to each score map gives the offsets at which
+the reference crops, so that every output pixel is scored by the cell whose receptive field is
+centred on it (derivation in docs/alignment.md):
+
+    FCN-32s   upscore (k=64, s=32) of score_fr               crop 19 against the image
+    FCN-16s   score_pool4 against upscore2 (k=4, s=2)         crop 5
+              upscore16 (k=32, s=16)                          crop 27 against the image
+    FCN-8s    score_pool4 against upscore2                    crop 5
+              score_pool3 against upscore_pool4 (k=4, s=2)    crop 9
+              upscore8 (k=16, s=8)                            crop 31 against the image
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fcnseg.models.layers import BilinearUpsample, crop_like
+
+# (block, number of 3x3 convolutions, output channels) of VGG16's five stages.
+VGG16_STAGES: tuple[tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+
+# The reference's input padding: enough that fc6's 7x7 window fits any input, however small.
+REFERENCE_INPUT_PAD = 100
+
+
+def vgg16_conv_names() -> list[str]:
+    """``['conv1_1', 'conv1_2', 'conv2_1', ..., 'conv5_3']`` in order."""
+    return [f"conv{block}_{i}" for block, count, _ in VGG16_STAGES for i in range(1, count + 1)]
+
+
+class VGG16FCN(nn.Module):
+    """The VGG16 trunk convolutionalized (fc6 7x7, fc7 1x1) plus ``score_fr``; heads live in subclasses.
+
+    Subclasses implement ``forward((N, C, H, W)) -> (N, num_classes, H, W)``.
+    """
+
+    name = "vgg16-fcn"
+    output_stride = 32
+
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.learnable_upsampling = learnable_upsampling
+        channels = in_channels
+        for block, count, out_channels in VGG16_STAGES:
+            for i in range(1, count + 1):
+                padding = REFERENCE_INPUT_PAD if (block, i) == (1, 1) else 1
+                setattr(self, f"conv{block}_{i}", nn.Conv2d(channels, out_channels, 3, padding=padding))
+                setattr(self, f"relu{block}_{i}", nn.ReLU(inplace=True))
+                channels = out_channels
+            # Caffe pools round up ("ceil"), so odd sizes keep their last row and column.
+            setattr(self, f"pool{block}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
+        self.fc6 = nn.Conv2d(512, 4096, 7)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(0.5)
+        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(0.5)
+        self.score_fr = nn.Conv2d(4096, num_classes, 1)
+        zero_init(self.score_fr)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(pool3, pool4, drop7)``: the stride-8, stride-16 and stride-32 features."""
+        pools = {}
+        h = x
+        for block, count, _ in VGG16_STAGES:
+            for i in range(1, count + 1):
+                h = getattr(self, f"relu{block}_{i}")(getattr(self, f"conv{block}_{i}")(h))
+            h = getattr(self, f"pool{block}")(h)
+            pools[block] = h
+        h = self.drop6(self.relu6(self.fc6(h)))  # (N, 4096, h/32 - 6, w/32 - 6) on the padded image
+        h = self.drop7(self.relu7(self.fc7(h)))
+        return pools[3], pools[4], h
+
+    def upsampling_layers(self) -> list[BilinearUpsample]:
+        return [m for m in self.modules() if isinstance(m, BilinearUpsample)]
+
+
+def zero_init(conv: nn.Conv2d) -> None:
+    """Score layers start at zero, as the reference's (Caffe's default constant filler)."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class FCN32s(VGG16FCN):
+    """Single-stream FCN: score_fr upsampled 32x in one step."""
+
+    name = "fcn32s"
+    output_stride = 32
+
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
+        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels)
+        self.upscore = BilinearUpsample(num_classes, stride=32, kernel_size=64, learnable=learnable_upsampling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        _, _, h = self.features(x)
+        h = self.upscore(self.score_fr(h))  # (N, K, 32 * (h' - 1) + 64, ...)
+        return crop_like(h, 19, height, width)
+
+
+class FCN16s(VGG16FCN):
+    """Two-stream FCN: score_fr upsampled 2x, fused with score_pool4, upsampled 16x."""
+
+    name = "fcn16s"
+    output_stride = 16
+
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
+        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels)
+        self.score_pool4 = nn.Conv2d(512, num_classes, 1)
+        zero_init(self.score_pool4)
+        self.upscore2 = BilinearUpsample(num_classes, stride=2, kernel_size=4, learnable=learnable_upsampling)
+        self.upscore16 = BilinearUpsample(num_classes, stride=16, kernel_size=32, learnable=learnable_upsampling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        _, pool4, h = self.features(x)
+        upscore2 = self.upscore2(self.score_fr(h))  # (N, K, 1/16)
+        score_pool4c = crop_like(self.score_pool4(pool4), 5, upscore2.shape[-2], upscore2.shape[-1])
+        h = self.upscore16(upscore2 + score_pool4c)
+        return crop_like(h, 27, height, width)
+
+    @classmethod
+    def from_fcn32s(cls, fcn32s: FCN32s) -> FCN16s:
+        """Staged training: copy the trunk and score_fr of a trained FCN-32s; new score layers start at zero."""
+        return _staged_from(cls, fcn32s)
+
+
+class FCN8s(VGG16FCN):
+    """Three-stream FCN: adds score_pool3 at stride 8, then upsamples 8x."""
+
+    name = "fcn8s"
+    output_stride = 8
+    # The at-once variant scales the pool features so that the skips start small (paper, section 4.2).
+    scale_pool4 = 1.0
+    scale_pool3 = 1.0
+
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
+        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels)
+        self.score_pool3 = nn.Conv2d(256, num_classes, 1)
+        self.score_pool4 = nn.Conv2d(512, num_classes, 1)
+        zero_init(self.score_pool3)
+        zero_init(self.score_pool4)
+        self.upscore2 = BilinearUpsample(num_classes, stride=2, kernel_size=4, learnable=learnable_upsampling)
+        self.upscore_pool4 = BilinearUpsample(num_classes, stride=2, kernel_size=4, learnable=learnable_upsampling)
+        self.upscore8 = BilinearUpsample(num_classes, stride=8, kernel_size=16, learnable=learnable_upsampling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pool3, pool4, h = self.features(x)
+        if self.scale_pool4 != 1.0:
+            pool4 = pool4 * self.scale_pool4
+        if self.scale_pool3 != 1.0:
+            pool3 = pool3 * self.scale_pool3
+        upscore2 = self.upscore2(self.score_fr(h))  # (N, K, 1/16)
+        score_pool4c = crop_like(self.score_pool4(pool4), 5, upscore2.shape[-2], upscore2.shape[-1])
+        upscore_pool4 = self.upscore_pool4(upscore2 + score_pool4c)  # (N, K, 1/8)
+        score_pool3c = crop_like(self.score_pool3(pool3), 9, upscore_pool4.shape[-2], upscore_pool4.shape[-1])
+        h = self.upscore8(upscore_pool4 + score_pool3c)
+        return crop_like(h, 31, height, width)
+
+    @classmethod
+    def from_fcn16s(cls, fcn16s: FCN16s) -> FCN8s:
+        """Staged training: copy the trunk, score_fr and score_pool4 of a trained FCN-16s."""
+        return _staged_from(cls, fcn16s)
+
+
+class FCN8sAtOnce(FCN8s):
+    """FCN-8s trained in one stage: pool4 scaled by 0.01 and pool3 by 0.0001 before scoring (voc-fcn8s-atonce)."""
+
+    name = "fcn8s-atonce"
+    scale_pool4 = 0.01
+    scale_pool3 = 0.0001
+
+
+def _staged_from(cls: type[VGG16FCN], coarser: VGG16FCN) -> VGG16FCN:
+    finer = cls(
+        num_classes=coarser.num_classes,
+        learnable_upsampling=coarser.learnable_upsampling,
+        in_channels=coarser.in_channels,
+    )
+    finer_state = finer.state_dict()
+    # Upsampling layers are re-made bilinear (surgery.interp), as the reference's solve.py does.
+    shared = {
+        key: value
+        for key, value in coarser.state_dict().items()
+        if key in finer_state and not key.startswith(("upscore",)) and value.shape == finer_state[key].shape
+    }
+    finer.load_state_dict(shared, strict=False)
+    return finer.to(next(coarser.parameters()).device)
