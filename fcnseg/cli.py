@@ -36,6 +36,94 @@ def cmd_convert_caffe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seg11valid(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fcnseg.data.voc import seg11valid_ids
+
+    ids = seg11valid_ids(args.voc, args.sbd)
+    out = Path(args.voc) / "ImageSets" / "Segmentation" / "seg11valid.txt"
+    out.write_text("\n".join(ids) + "\n")
+    print(f"wrote {out}: {len(ids)} images (VOC2011 val minus SBD train; 736 for the real data sets)")
+    return 0
+
+
+def cmd_heatmap(args: argparse.Namespace) -> int:
+    from fcnseg.heatmap import heatmap_file
+
+    result = heatmap_file(args.image, args.out, class_name=args.class_name, variant=args.variant)
+    print(f"wrote {result['out']}: heatmap of {result['class']!r}")
+    for name, probability in result["top5"]:
+        print(f"  {probability:6.1%}  {name}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fcnseg.config import load_config, parse_overrides
+    from fcnseg.train import train
+
+    overrides = parse_overrides(args.overrides)
+    for key in ("model", "dataset", "root", "iters", "batch_size", "out", "recipe"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume)
+    print(f"step {result['step']}: best mean IU {100 * result['best_mean_iu']:.2f}; checkpoints in {result['out']}")
+    return 0
+
+
+def _load_model(checkpoint: str | None):
+    from fcnseg.checkpoint import model_from_checkpoint
+
+    if checkpoint is None:
+        from fcnseg.default_model import default_checkpoint_path
+
+        checkpoint = default_checkpoint_path()
+    return model_from_checkpoint(checkpoint)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from fcnseg.data import build_dataset, eval_transforms
+    from fcnseg.evaluate import evaluate, format_scores
+    from fcnseg.training_setup import pick_device
+
+    model, meta = _load_model(args.checkpoint)
+    device = pick_device(args.device)
+    dataset = build_dataset(
+        args.dataset, root=args.root, split=args.split, transforms=eval_transforms(normalization=meta.normalization)
+    )
+    if dataset.info.num_classes != meta.num_classes:
+        raise ValueError(f"the model has {meta.num_classes} classes but {args.dataset} has {dataset.info.num_classes}")
+    scores = evaluate(
+        model.to(device), dataset, num_classes=meta.num_classes, device=device, ignore_index=meta.ignore_index,
+        max_images=args.max_images, progress=not args.json,
+    )
+    if args.json:
+        scores["class_names"] = list(meta.class_names)
+        print(json.dumps(scores))
+    else:
+        print(f"{meta.model} on {args.dataset} {args.split} ({scores['num_images']} images)")
+        print(format_scores(scores, meta.class_names))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fcnseg.predict import predict_paths
+    from fcnseg.training_setup import pick_device
+
+    model, meta = _load_model(args.checkpoint)
+    results = predict_paths(
+        model, meta, args.inputs, args.out, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha
+    )
+    for result in results:
+        shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
+        print(f"{result['input']} -> {result['labels']}: {shares}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcnseg", description="Fully Convolutional Networks for Semantic Segmentation, in PyTorch."
@@ -54,6 +142,50 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model", required=True, help="model name, as `fcnseg models` lists (e.g. fcn8s)")
     convert.add_argument("--num-classes", type=int, default=None, help="default: read from the score_fr weights")
     convert.set_defaults(func=cmd_convert_caffe)
+
+    seg11 = commands.add_parser("seg11valid", help="write the paper's seg11valid list into a VOC2011 folder")
+    seg11.add_argument("--voc", required=True, help="the VOC2011 folder (with ImageSets/Segmentation/val.txt)")
+    seg11.add_argument("--sbd", required=True, help="the SBD dataset folder (with train.txt)")
+    seg11.set_defaults(func=cmd_seg11valid)
+
+    heat = commands.add_parser("heatmap", help="class-score heatmap of a convolutionalized ImageNet classifier")
+    heat.add_argument("image", help="an image file, any size")
+    heat.add_argument("--class", dest="class_name", help="ImageNet class name (default: the top prediction)")
+    heat.add_argument("--out", default="heatmap.png", help="overlay PNG to write (default heatmap.png)")
+    heat.add_argument("--variant", default="lite0", choices=["lite0", "lite1", "lite2"])
+    heat.set_defaults(func=cmd_heatmap)
+
+    train = commands.add_parser("train", help="train a model (writes OUT/last.pt, OUT/best.pt, log.csv)")
+    train.add_argument("--model", help="model name, as `fcnseg models` lists")
+    train.add_argument("--dataset", help="voc, sbd, camvid, cityscapes, siftflow, nyud, pascal-context or folder")
+    train.add_argument("--root", help="the data set's folder")
+    train.add_argument("--config", help="a YAML file of config keys")
+    train.add_argument("--recipe", choices=["paper", "modern"], default=None)
+    train.add_argument("--iters", type=int, help="optimizer steps")
+    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--out", help="run folder (default runs/fcnseg)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=0.01")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="score a model with pixel acc., mean acc., mean IU, f.w. IU")
+    evaluate.add_argument("--checkpoint", help="an fcnseg checkpoint (default: the shipped CamVid model)")
+    evaluate.add_argument("--dataset", default="camvid")
+    evaluate.add_argument("--root", required=True, help="the data set's folder")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--max-images", dest="max_images", type=int, default=None)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions)")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = commands.add_parser("predict", help="segment image files or folders")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--checkpoint", help="an fcnseg checkpoint (default: the shipped CamVid model)")
+    predict.add_argument("--out", default="predictions", help="output folder (default predictions/)")
+    predict.add_argument("--overlay", choices=["blend", "side-by-side", "none"], default="blend")
+    predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -65,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, RuntimeError) as error:
         print(f"fcnseg {args.command}: error: {error}", file=sys.stderr)
         return 2
 

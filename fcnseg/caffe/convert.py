@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,11 +20,11 @@ import torch
 from google.protobuf.message import DecodeError
 from torch import nn
 
+from fcnseg.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_atomically
+
 from fcnseg.caffe import proto
 from fcnseg.models.zoo import build_model
 
-CHECKPOINT_FORMAT = "fcnseg-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
 # Upsampling layers may be absent from a caffemodel: they keep the model's bilinear init.
 OPTIONAL_LAYER_PREFIX = "upscore"
 
@@ -202,20 +201,3 @@ def convert_caffemodel(
         "dropped": unmatched_layers(blobs, model),
         "out_path": str(out_path),
     }
-
-
-def save_atomically(obj: object, out_path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``out_path``, then rename: never a half-written file."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp's 0600 would be surprising on a shared weights file
-        os.replace(temp_name, out_path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

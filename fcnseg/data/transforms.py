@@ -10,6 +10,7 @@ Normalizations (`NORMALIZATIONS`):
               (104.00699, 116.66877, 122.67892) in BGR order; for weights converted from the reference models.
   "imagenet"  torchvision's: RGB, /255, minus (0.485, 0.456, 0.406), over (0.229, 0.224, 0.225).
   "caffe-siftflow", "caffe-nyud": the "caffe" convention with the means the reference uses for those sets.
+  "lite"      EfficientNet-Lite's (TensorFlow's efficientnet_lite_builder): RGB, 0-255, (x - 127) / 128.
 `normalization` may also be a callable applied to the image as is (see `fcnseg.data.nyud.normalize_nyud`).
 """
 
@@ -45,6 +46,7 @@ NORMALIZATIONS: dict[str, Normalization] = {
     "imagenet": Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=255.0, bgr=False),
     "caffe-siftflow": Normalization(mean=(114.578, 115.294, 108.353), std=(1.0, 1.0, 1.0), scale=1.0, bgr=True),
     "caffe-nyud": Normalization(mean=(116.190, 97.203, 92.318), std=(1.0, 1.0, 1.0), scale=1.0, bgr=True),
+    "lite": Normalization(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), scale=1.0, bgr=False),
 }
 
 NormalizationArg = str | Callable[[Any], Any]

@@ -28,6 +28,7 @@ class FCNAlexNet(nn.Module):
 
     name = "fcn-alexnet"
     output_stride = 32
+    normalization = "caffe"  # input convention of the reference's weights (fcnseg.data.transforms)
 
     def __init__(
         self,

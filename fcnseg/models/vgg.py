@@ -45,6 +45,7 @@ class VGG16FCN(nn.Module):
 
     name = "vgg16-fcn"
     output_stride = 32
+    normalization = "caffe"  # input convention of the reference's weights (fcnseg.data.transforms)
 
     def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
         super().__init__()

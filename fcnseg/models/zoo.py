@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from fcnseg.models.alexnet import FCNAlexNet
+from fcnseg.models.backbones import BACKBONE_NORMALIZATIONS, build_backbone
+from fcnseg.models.heads import BackboneFCN
 from fcnseg.models.vgg import FCN8s, FCN8sAtOnce, FCN16s, FCN32s
 
 
@@ -16,6 +19,47 @@ def _alexnet_torchvision(*, num_classes: int, learnable_upsampling: bool = False
     )
 
 
+@dataclass(frozen=True)
+class BackboneFCNBuilder:
+    """Builds ``BackboneFCN`` on ``build_backbone(backbone)``; ``normalization`` is the model's input convention."""
+
+    backbone: str
+    output_stride: int
+
+    @property
+    def normalization(self) -> str:
+        return BACKBONE_NORMALIZATIONS[self.backbone]
+
+    def __call__(
+        self,
+        *,
+        num_classes: int,
+        learnable_upsampling: bool = False,
+        in_channels: int = 3,
+        pretrained_backbone: bool = False,
+    ) -> BackboneFCN:
+        if in_channels != 3:
+            raise ValueError(f"the {self.backbone} backbone takes 3-channel RGB input, got in_channels={in_channels}")
+        return BackboneFCN(
+            build_backbone(self.backbone, pretrained=pretrained_backbone),
+            num_classes=num_classes,
+            output_stride=self.output_stride,
+            learnable_upsampling=learnable_upsampling,
+        )
+
+
+# FCN heads on ImageNet backbones; ``pretrained_backbone=True`` loads the backbone's ImageNet weights.
+BACKBONE_FCN_BUILDERS: dict[str, BackboneFCNBuilder] = {
+    "fcn32s-lite0": BackboneFCNBuilder(backbone="lite0", output_stride=32),
+    "fcn16s-lite0": BackboneFCNBuilder(backbone="lite0", output_stride=16),
+    "fcn8s-lite0": BackboneFCNBuilder(backbone="lite0", output_stride=8),
+    "fcn8s-lite1": BackboneFCNBuilder(backbone="lite1", output_stride=8),
+    "fcn8s-lite2": BackboneFCNBuilder(backbone="lite2", output_stride=8),
+    "fcn8s-resnet50": BackboneFCNBuilder(backbone="resnet50", output_stride=8),
+    "fcn8s-resnet101": BackboneFCNBuilder(backbone="resnet101", output_stride=8),
+    "fcn8s-vgg16-compact": BackboneFCNBuilder(backbone="vgg16-compact", output_stride=8),
+}
+
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fcn32s": FCN32s,
     "fcn16s": FCN16s,
@@ -23,6 +67,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fcn8s-atonce": FCN8sAtOnce,
     "fcn-alexnet": FCNAlexNet,
     "fcn-alexnet-tv": _alexnet_torchvision,
+    **BACKBONE_FCN_BUILDERS,
 }
 
 MODEL_DESCRIPTIONS: dict[str, str] = {
@@ -32,12 +77,40 @@ MODEL_DESCRIPTIONS: dict[str, str] = {
     "fcn8s-atonce": "VGG16 FCN-8s with scaled skips, trained in one stage (voc-fcn8s-atonce)",
     "fcn-alexnet": "CaffeNet layout (groups, LRN), 32x (voc-fcn-alexnet)",
     "fcn-alexnet-tv": "torchvision AlexNet layout, 32x",
+    "fcn32s-lite0": "EfficientNet-Lite0, score_fr on the 1280-ch head conv, 32x",
+    "fcn16s-lite0": "EfficientNet-Lite0, + stride-16 skip, 16x",
+    "fcn8s-lite0": "EfficientNet-Lite0, + stride-16 and stride-8 skips, 8x",
+    "fcn8s-lite1": "EfficientNet-Lite1 FCN-8s",
+    "fcn8s-lite2": "EfficientNet-Lite2 FCN-8s",
+    "fcn8s-resnet50": "torchvision ResNet-50 (layer2/3/4) FCN-8s",
+    "fcn8s-resnet101": "torchvision ResNet-101 (layer2/3/4) FCN-8s",
+    "fcn8s-vgg16-compact": "torchvision VGG16 pool3/4/5, padding 1, no fc6/fc7, FCN-8s",
 }
 
 
-def build_model(name: str, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    learnable_upsampling: bool = False,
+    in_channels: int = 3,
+    pretrained_backbone: bool = False,
+) -> nn.Module:
+    """``pretrained_backbone`` (models in ``BACKBONE_FCN_BUILDERS`` only) loads the backbone's ImageNet weights."""
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_BUILDERS)}")
+    if name in BACKBONE_FCN_BUILDERS:
+        return BACKBONE_FCN_BUILDERS[name](
+            num_classes=num_classes,
+            learnable_upsampling=learnable_upsampling,
+            in_channels=in_channels,
+            pretrained_backbone=pretrained_backbone,
+        )
+    if pretrained_backbone:
+        raise ValueError(
+            f"{name!r} has no pretrained_backbone option: start it from ImageNet weights with "
+            "fcnseg.models.transplant_vgg16 (VGG16 models) or transplant_alexnet (fcn-alexnet-tv)"
+        )
     return MODEL_BUILDERS[name](
         num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels
     )

@@ -1,0 +1,38 @@
+"""Package a trained CamVid run as fcnseg's shipped default model, with a few val images as examples.
+
+    python experiments/ship_default_model.py runs/camvid-fcn8s-lite0/best.pt --camvid ../shared/data/camvid
+
+Writes fcnseg/assets/fcn8s-lite0-camvid.pt (fp16 weights, class names, palette, normalization, the val scores
+recorded at training time) and copies three CamVid val images to fcnseg/assets/examples/.
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+from fcnseg.checkpoint import inference_checkpoint, load_checkpoint, save_atomically
+from fcnseg.default_model import ASSETS, DEFAULT_CHECKPOINT
+
+EXAMPLES = ("0016E5_07959.png", "0016E5_07997.png", "0016E5_08117.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--camvid", required=True, help="CamVid root (SegNet layout) to copy example images from")
+    args = parser.parse_args()
+    checkpoint = load_checkpoint(args.checkpoint)
+    slim = inference_checkpoint(
+        checkpoint, training={"step": checkpoint.get("step"), "best_mean_iu": checkpoint.get("best_mean_iu"),
+                              "train_seconds": checkpoint.get("train_seconds"), "config": checkpoint.get("config")}
+    )
+    save_atomically(slim, DEFAULT_CHECKPOINT)
+    examples = ASSETS / "examples"
+    examples.mkdir(parents=True, exist_ok=True)
+    for name in EXAMPLES:
+        shutil.copyfile(Path(args.camvid) / "val" / name, examples / name)
+    print(f"wrote {DEFAULT_CHECKPOINT} ({DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f} MB) and {len(EXAMPLES)} examples")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Training configuration: one frozen dataclass, a flat YAML file per experiment, ``key=value`` overrides.
+
+Unknown keys and values of the wrong type are errors. ``resolve_recipe`` fills what the recipe
+decides (the paper's learning rates and momentum, or modern defaults) for keys left unset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "fcn8s"
+    dataset: str = "camvid"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    val_dataset: str | None = None  # validate on another data set (the paper: train sbd, validate voc seg11valid)
+    val_root: str | None = None
+    out: str = "runs/fcnseg"
+    recipe: str = "modern"  # "paper" or "modern"
+    iters: int = 1000
+    batch_size: int | None = None  # paper: 1; modern: 8
+    grad_accum: int | None = None  # batches per optimizer step (Caffe's iter_size)
+    optimizer: str | None = None  # "sgd" or "adamw"
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None  # "fixed", "poly" or "cosine"
+    warmup_iters: int = 0
+    loss: str | None = None  # "sum" over pixels (paper) or "mean"
+    loss_sample: float | None = None  # keep each final-layer cell's loss with this probability (paper 4.4)
+    crop_size: int | None = None  # 0 = whole images
+    scale_range: tuple[float, float] | None = None
+    hflip: bool | None = None
+    color_jitter: float = 0.0
+    learnable_upsampling: bool = False
+    bn_momentum: float | None = None  # batch-norm running-stat momentum while training (modern: 0.1)
+    pretrained_backbone: bool = False
+    init_weights: str | None = None  # a torchvision classifier .pth (VGG16/AlexNet) or an fcnseg checkpoint
+    normalization: str | None = None  # input convention; default: the model's ("imagenet" after a torchvision init)
+    val_every: int = 500
+    val_max_images: int | None = None
+    log_every: int = 20
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = False
+    tensorboard: bool = False
+    stop_after: int | None = None  # stop (as if killed) after this many steps; for tests and time budgets
+    time_budget_minutes: float | None = None
+
+
+# What each recipe decides, for keys the user leaves unset (None).
+PAPER_DEFAULTS = dict(
+    batch_size=1, grad_accum=1, optimizer="sgd", momentum=0.99, weight_decay=5e-4, schedule="fixed",
+    loss="sum", hflip=False,
+)
+# The reference's fixed learning rates for its unnormalized (summed) loss, by model (voc-*/solver.prototxt).
+PAPER_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10}
+# voc-fcn-alexnet: a normalized loss, lr 1e-4, momentum 0.9, and 20 images per step (iter_size 20).
+PAPER_ALEXNET = dict(lr=1e-4, momentum=0.9, grad_accum=20, loss="mean")
+MODERN_DEFAULTS = dict(
+    batch_size=8, grad_accum=1, optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=1e-4, schedule="poly",
+    loss="mean", crop_size=320, scale_range=(0.5, 2.0), hflip=True, bn_momentum=0.1,
+)
+
+
+def resolve_recipe(config: TrainConfig) -> TrainConfig:
+    if config.recipe == "paper":
+        defaults = dict(PAPER_DEFAULTS)
+        if config.model.startswith("fcn-alexnet"):
+            defaults.update(PAPER_ALEXNET)
+        else:
+            defaults["lr"] = PAPER_LR.get(config.model, 1e-10)
+    elif config.recipe == "modern":
+        defaults = dict(MODERN_DEFAULTS)
+    else:
+        raise ValueError(f"unknown recipe {config.recipe!r}; expected 'paper' or 'modern'")
+    updates = {key: value for key, value in defaults.items() if getattr(config, key) is None}
+    resolved = dataclasses.replace(config, **updates)
+    _check_choices(resolved)
+    return resolved
+
+
+def _check_choices(config: TrainConfig) -> None:
+    choices = {"optimizer": ("sgd", "adamw"), "schedule": ("fixed", "poly", "cosine"), "loss": ("sum", "mean")}
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {getattr(config, key)!r}")
+    if config.loss_sample is not None and not 0 < config.loss_sample <= 1:
+        raise ValueError(f"loss_sample must be in (0, 1], got {config.loss_sample}")
+    if config.batch_size < 1 or config.grad_accum < 1 or config.iters < 1:
+        raise ValueError("batch_size, grad_accum and iters must be positive")
+    if config.batch_size > 1 and not config.crop_size:
+        raise ValueError("batch_size > 1 needs crop_size (whole images of different sizes cannot be batched)")
+
+
+def _coerce(name: str, annotation, value):
+    """``value`` converted to the field's type, or a ValueError naming the key."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        origin = typing.get_origin(kind)
+        if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(kind)):
+            return tuple(float(v) for v in value)
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    raise ValueError(f"config key {name!r} expects {hint}, got {value!r}")
+
+
+def make_config(values: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return TrainConfig(**{key: _coerce(key, None, value) for key, value in values.items()})
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["lr=0.01", "crop_size=null"]`` -> ``{"lr": 0.01, "crop_size": None}`` (values parsed as YAML)."""
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {pair!r} is not key=value")
+        values[key.strip()] = yaml.safe_load(text)
+    return values
+
+
+def load_config(path: str | Path | None, overrides: dict) -> TrainConfig:
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of key: value")
+        values.update(loaded)
+    values.update(overrides)
+    return make_config(values)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return yaml.safe_dump(values, sort_keys=False)
