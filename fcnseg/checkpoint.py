@@ -183,3 +183,18 @@ def inference_checkpoint(checkpoint: dict, *, half: bool = True, **extra) -> dic
     }
     slim.update(extra)
     return slim
+
+
+def inference_checkpoint(checkpoint: dict, *, half: bool = True, **extra) -> dict:
+    """A copy of ``checkpoint`` without training state (optimizer, RNG, ...), floats stored as fp16 when ``half``.
+
+    fp16 storage halves the file; weights are cast back to the model's fp32 when loaded.
+    """
+    keep = ("format", "format_version", "model", "model_args", "meta")
+    slim = {key: checkpoint[key] for key in keep if key in checkpoint}
+    slim["state_dict"] = {
+        key: value.half() if half and value.is_floating_point() else value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    slim.update(extra)
+    return slim

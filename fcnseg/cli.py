@@ -22,9 +22,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from fcnseg.summary import model_table
 
     height, width = args.size
-    print(f"{'model':<16}{'params':>12}{'GFLOPs @' + f'{height}x{width}':>18}  description")
+    print(f"{'model':<22}{'params':>12}{'GFLOPs @' + f'{height}x{width}':>18}  description")
     for row in model_table(num_classes=args.num_classes, height=height, width=width):
-        print(f"{row['name']:<16}{row['params'] / 1e6:>11.1f}M{row['gflops']:>18.1f}  {row['description']}")
+        print(f"{row['name']:<22}{row['params'] / 1e6:>11.1f}M{row['gflops']:>18.1f}  {row['description']}")
     return 0
 
 
@@ -116,7 +116,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model, meta = _load_model(args.checkpoint)
     results = predict_paths(
-        model, meta, args.inputs, args.out, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha
+        model, meta, args.inputs, args.out, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha,
+        dense=args.dense,
     )
     for result in results:
         shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", choices=["blend", "side-by-side", "none"], default="blend")
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--dense", type=int, default=1, metavar="FACTOR",
+                         help="score_fr made FACTOR times denser by shift-and-stitch (skips unused; default 1)")
     predict.set_defaults(func=cmd_predict)
     return parser
 

@@ -17,6 +17,7 @@ from fcnseg.checkpoint import ModelMeta
 from fcnseg.data.base import DataError, read_image
 from fcnseg.data.palettes import colorize
 from fcnseg.data.transforms import normalize
+from fcnseg.dense import rarefy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -71,16 +72,21 @@ def predict_paths(
     device: torch.device | str = "cpu",
     overlay: str = "blend",
     alpha: float = 0.5,
+    dense: int = 1,
 ) -> Iterator[dict]:
     """Segment every input image; yields ``{"input", "labels", "overlay", "classes"}`` per image as it goes.
 
     ``overlay`` is ``"blend"`` (colours over the photo), ``"side-by-side"`` (photo | colours | blend) or ``"none"``.
+    ``dense > 1`` scores with the model's stride-32 score_fr path made ``dense`` times denser by filter rarefaction
+    (``fcnseg.dense.rarefy``: shift-and-stitch in one pass; skip layers unused).
     """
     if overlay not in ("blend", "side-by-side", "none"):
         raise ValueError(f"overlay must be 'blend', 'side-by-side' or 'none', got {overlay!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
+    if dense > 1:
+        model = rarefy(model, dense)
     for path in iter_image_paths(inputs):
         image = read_image(path)
         labels, _ = predict_labels(model, image, normalization=meta.normalization, device=device)

@@ -1,6 +1,9 @@
 """FCN models. Every model maps ``(N, C, H, W)`` images to ``(N, num_classes, H, W)`` logits."""
 
 from fcnseg.models.alexnet import FCNAlexNet
+from fcnseg.models.backbones import LiteBackbone, ResNetBackbone, VGG16Backbone, build_backbone
+from fcnseg.models.efficientnet_lite import EfficientNetLite, load_pretrained_lite
+from fcnseg.models.heads import BackboneFCN
 from fcnseg.models.layers import BilinearUpsample, bilinear_kernel, crop_like
 from fcnseg.models.pretrained import transplant_alexnet, transplant_vgg16
 from fcnseg.models.vgg import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, VGG16FCN
@@ -12,6 +15,13 @@ __all__ = [
     "FCN8s",
     "FCN8sAtOnce",
     "FCNAlexNet",
+    "BackboneFCN",
+    "EfficientNetLite",
+    "LiteBackbone",
+    "ResNetBackbone",
+    "VGG16Backbone",
+    "build_backbone",
+    "load_pretrained_lite",
     "VGG16FCN",
     "BilinearUpsample",
     "bilinear_kernel",

@@ -45,6 +45,8 @@ class FCNAlexNet(nn.Module):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.layout = layout
+        # The torchvision layout is for torchvision's ImageNet weights, which expect torchvision's normalization.
+        self.normalization = "caffe" if layout == "caffenet" else "imagenet"
         self.in_channels = in_channels
         self.learnable_upsampling = learnable_upsampling
         channels, groups = ALEXNET_LAYOUTS[layout]

@@ -60,6 +60,8 @@ BACKBONE_FCN_BUILDERS: dict[str, BackboneFCNBuilder] = {
     "fcn8s-vgg16-compact": BackboneFCNBuilder(backbone="vgg16-compact", output_stride=8),
 }
 
+_alexnet_torchvision.normalization = "imagenet"  # read by checkpoints that do not record their normalization
+
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fcn32s": FCN32s,
     "fcn16s": FCN16s,
