@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fcnseg.models.zoo import MODEL_BUILDERS, build_model
+from fcnseg.models.zoo import ALL_MODEL_BUILDERS, build_model
 
 CHECKPOINT_FORMAT = "fcnseg-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -99,8 +99,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"{path}: checkpoint format version {version!r} is newer than this fcnseg reads "
             f"({CHECKPOINT_FORMAT_VERSION}); upgrade fcnseg"
         )
-    if checkpoint.get("model") not in MODEL_BUILDERS:
-        raise CheckpointError(f"{path}: unknown model {checkpoint.get('model')!r} (known: {', '.join(MODEL_BUILDERS)})")
+    if checkpoint.get("model") not in ALL_MODEL_BUILDERS:
+        known = ", ".join(ALL_MODEL_BUILDERS)
+        raise CheckpointError(f"{path}: unknown model {checkpoint.get('model')!r} (known: {known})")
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path}: checkpoint has no state_dict")
     return checkpoint
@@ -117,7 +118,7 @@ def meta_from_checkpoint(checkpoint: dict) -> ModelMeta:
 
     default_names = VOC_CLASS_NAMES if num_classes == 21 else tuple(f"class{i}" for i in range(num_classes))
     default_palette = voc_palette(num_classes) if num_classes == 21 else generated_palette(num_classes)
-    default_normalization = getattr(MODEL_BUILDERS[checkpoint["model"]], "normalization", "caffe")
+    default_normalization = getattr(ALL_MODEL_BUILDERS[checkpoint["model"]], "normalization", "caffe")
     return ModelMeta(
         model=checkpoint["model"],
         num_classes=num_classes,
@@ -168,21 +169,6 @@ def check_state_dict_fits(model: nn.Module, state_dict: dict, *, source: str) ->
         problems.append("shape mismatch " + "; ".join(wrong[:5]))
     if problems:
         raise CheckpointError(f"{source}: weights do not fit model {type(model).__name__}: " + "; ".join(problems))
-
-
-def inference_checkpoint(checkpoint: dict, *, half: bool = True, **extra) -> dict:
-    """A copy of ``checkpoint`` without training state (optimizer, RNG, ...), floats stored as fp16 when ``half``.
-
-    fp16 storage halves the file; weights are cast back to the model's fp32 when loaded.
-    """
-    keep = ("format", "format_version", "model", "model_args", "meta")
-    slim = {key: checkpoint[key] for key in keep if key in checkpoint}
-    slim["state_dict"] = {
-        key: value.half() if half and value.is_floating_point() else value
-        for key, value in checkpoint["state_dict"].items()
-    }
-    slim.update(extra)
-    return slim
 
 
 def inference_checkpoint(checkpoint: dict, *, half: bool = True, **extra) -> dict:

@@ -125,6 +125,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fcnseg.export import export_onnx, export_torchscript
+
+    model, meta = _load_model(args.checkpoint)
+    if args.format == "onnx":
+        path = export_onnx(model, args.out)
+    else:
+        path = export_torchscript(model, args.out)
+    print(f"wrote {path}: {meta.model} as {args.format} (dynamic batch, height and width; checked against PyTorch)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcnseg", description="Fully Convolutional Networks for Semantic Segmentation, in PyTorch."
@@ -189,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--dense", type=int, default=1, metavar="FACTOR",
                          help="score_fr made FACTOR times denser by shift-and-stitch (skips unused; default 1)")
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="export a model to ONNX or TorchScript, checked against PyTorch")
+    export.add_argument("checkpoint", nargs="?", help="an fcnseg checkpoint (default: the shipped CamVid model)")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--out", required=True, help="file to write (e.g. model.onnx)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+MODALITIES = ("color", "depth", "hha")  # as fcnseg.data.nyud; config imports no data code
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -43,9 +45,14 @@ class TrainConfig:
     color_jitter: float = 0.0
     learnable_upsampling: bool = False
     bn_momentum: float | None = None  # batch-norm running-stat momentum while training (modern: 0.1)
+    freeze_bn: bool = False  # batch norm in eval mode: running statistics used, not updated (fine-tuning; exact DDP)
+    stochastic_layers: bool = True  # false: no dropout or stochastic depth while training (exact DDP equivalence)
+    sync_bn: bool = True  # under DDP on GPUs, batch-norm statistics over the global batch (SyncBatchNorm)
     pretrained_backbone: bool = False
     init_weights: str | None = None  # a torchvision classifier .pth (VGG16/AlexNet) or an fcnseg checkpoint
     normalization: str | None = None  # input convention; default: the model's ("imagenet" after a torchvision init)
+    modalities: tuple[str, ...] | None = None  # NYUDv2 inputs stacked in this order; default: the model's
+    init_weights_hha: str | None = None  # fcn32s-nyud-rgbhha: the HHA stream's init_weights (default: init_weights)
     val_every: int = 500
     val_max_images: int | None = None
     log_every: int = 20
@@ -100,6 +107,8 @@ def _check_choices(config: TrainConfig) -> None:
         raise ValueError(f"loss_sample must be in (0, 1], got {config.loss_sample}")
     if config.batch_size < 1 or config.grad_accum < 1 or config.iters < 1:
         raise ValueError("batch_size, grad_accum and iters must be positive")
+    if config.modalities is not None and (not config.modalities or set(config.modalities) - set(MODALITIES)):
+        raise ValueError(f"modalities must be a non-empty list of {MODALITIES}, got {list(config.modalities)}")
     if config.batch_size > 1 and not config.crop_size:
         raise ValueError("batch_size > 1 needs crop_size (whole images of different sizes cannot be batched)")
 
@@ -114,6 +123,10 @@ def _coerce(name: str, annotation, value):
         if kind is type(None):
             continue
         origin = typing.get_origin(kind)
+        if origin is tuple and typing.get_args(kind)[-1] is Ellipsis:
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            continue
         if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(kind)):
             return tuple(float(v) for v in value)
         if kind is bool and isinstance(value, bool):

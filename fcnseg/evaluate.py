@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from fcnseg.metrics import ConfusionMatrix
+from fcnseg.distributed import DistContext, all_reduce_counts, shard
+from fcnseg.metrics import ConfusionMatrix, scores_from_confusion
 
 
 @torch.inference_mode()
@@ -21,24 +22,50 @@ def evaluate(
     max_images: int | None = None,
     workers: int = 0,
     progress: bool = False,
+    context: DistContext | None = None,
 ) -> dict:
     """The four metrics and per-class IU of ``model`` on ``dataset`` (which yields normalized images).
 
-    The model is put in eval mode and restored to its previous mode afterwards.
+    A multi-task model (a named tuple of logits, e.g. SIFT Flow's ``(semantic, geometric)``) on a data set
+    of as many masks is scored per head: ``scores[head]`` holds each head's metrics, and the top-level
+    metrics are the first head's (the model-selection metric). A single-head model on such a data set is
+    scored on the first mask. Under DDP (``context``), each rank scores images ``rank, rank + W, ...`` and
+    the confusion matrices are summed over ranks: every rank gets the scores of the whole set.
+    The model is put in eval mode and every module is restored to its previous mode afterwards.
     """
-    was_training = model.training
+    context = context or DistContext()
+    modes = {module: module.training for module in model.modules()}  # frozen batch norm stays frozen
     model.eval()
-    matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    subset = torch.utils.data.Subset(dataset, range(count))
-    loader = DataLoader(subset, batch_size=1, num_workers=workers)
-    for image, mask in tqdm(loader, total=count, desc="eval", disable=not progress, leave=False):
-        logits = model(image.to(device))  # (1, K, H, W)
-        matrix.update(logits.argmax(1), mask.to(device))
-    model.train(was_training)
-    scores = matrix.compute()
-    scores["num_images"] = count
+    if count < context.world_size:
+        raise ValueError(f"{count} images to score cannot be shared by {context.world_size} ranks")
+    loader = DataLoader(Subset(dataset, shard(count, context)), batch_size=1, num_workers=workers)
+    matrices: dict[str, ConfusionMatrix] = {}
+    for image, target in tqdm(loader, total=len(loader), desc="eval", disable=not progress, leave=False):
+        outputs = model(image.to(device))  # (1, K, H, W), or a named tuple of them
+        for head, (logits, mask) in _heads(outputs, target).items():
+            if head not in matrices:
+                matrices[head] = ConfusionMatrix(num_classes if not matrices else logits.shape[1], ignore_index)
+            matrices[head].update(logits.argmax(1), mask.to(device))
+    for module, training in modes.items():
+        module.training = training
+    per_head = {}
+    for head, matrix in (matrices or {"out": ConfusionMatrix(num_classes, ignore_index)}).items():
+        per_head[head] = scores_from_confusion(all_reduce_counts(matrix.counts().to(device)))
+        per_head[head]["num_images"] = count
+    scores = dict(next(iter(per_head.values())))
+    if len(per_head) > 1:
+        scores.update(per_head)
     return scores
+
+
+def _heads(outputs, target) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{head name: (logits, mask)}``: one ``"out"`` head, or one per field of a named tuple of logits."""
+    if isinstance(outputs, torch.Tensor):
+        mask = target[0] if isinstance(target, (list, tuple)) else target
+        return {"out": (outputs, mask)}
+    names = getattr(outputs, "_fields", [f"head{i}" for i in range(len(outputs))])
+    return {name: (logits, mask) for name, logits, mask in zip(names, outputs, target)}
 
 
 def format_scores(scores: dict, class_names: tuple[str, ...] | list[str]) -> str:

@@ -4,29 +4,34 @@
 ``config.iters`` optimizer steps, validates every ``val_every`` steps with the four metrics, and
 writes ``out/last.pt`` and ``out/best.pt`` atomically, a CSV log, the resolved config and a plot.
 ``train(config, resume=True)`` continues a killed run exactly: same step, optimizer, RNG and data.
+Under ``torchrun`` it trains with DistributedDataParallel (``fcnseg.distributed`` says what is equal to
+a single process); rank 0 logs and writes the files. Multi-task models (SIFT Flow) sum their heads' losses.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fcnseg.checkpoint import ModelMeta, load_checkpoint, make_checkpoint, save_atomically
 from fcnseg.config import TrainConfig, config_to_yaml, resolve_recipe
-from fcnseg.data import build_dataset, eval_transforms, train_transforms
+from fcnseg.distributed import (DistContext, any_rank, barrier, global_loss, no_sync_unless, setup_distributed,
+                                teardown_distributed, unwrap, wrap_model)
 from fcnseg.evaluate import evaluate
-from fcnseg.sampling import SampleCounter, SeededSamples
+from fcnseg.losses import loss_terms, pixel_loss_terms, segmentation_loss  # noqa: F401 - part of this module's API
+from fcnseg.models.fusion import early_fusion_from_rgb, late_fusion_from_streams
+from fcnseg.training_data import build_datasets, modalities_for, train_loader
 from fcnseg.training_setup import build_training_model, make_optimizer, pick_device
 
-LOG_FIELDS = ["step", "train_minutes", "lr", "loss", "pixel_acc", "mean_acc", "mean_iu", "fwavacc"]
+METRICS = ["pixel_acc", "mean_acc", "mean_iu", "fwavacc"]
+LOG_FIELDS = ["step", "train_minutes", "lr", "loss", *METRICS]
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,83 +52,50 @@ def lr_at(step: int, *, base_lr: float, iters: int, schedule: str, warmup_iters:
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def segmentation_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    reduction: str,
-    ignore_index: int = 255,
-    loss_sample: float | None = None,
-    cell_size: int = 32,
-) -> torch.Tensor:
-    """Pixelwise cross-entropy ``(N, K, H, W), (N, H, W) -> scalar``, ignoring ``ignore_index``.
-
-    ``reduction="sum"`` is the paper's unnormalized loss; ``"mean"`` averages over counted pixels.
-    ``loss_sample=P`` keeps each ``cell_size`` x ``cell_size`` cell of the final layer with probability P,
-    the paper's emulation of patch sampling (section 4.4).
-    """
-    per_pixel = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")  # (N, H, W)
-    counted = (target != ignore_index).float()
-    if loss_sample is not None and loss_sample < 1:
-        n, height, width = target.shape
-        cells = torch.rand(n, -(-height // cell_size), -(-width // cell_size), device=target.device) < loss_sample
-        keep = cells.repeat_interleave(cell_size, 1).repeat_interleave(cell_size, 2)[:, :height, :width]
-        counted = counted * keep.float()
-    total = (per_pixel * counted).sum()
-    if reduction == "sum":
-        return total
-    return total / counted.sum().clamp(min=1)
+def _masks_to(masks: torch.Tensor | list[torch.Tensor], device: torch.device):
+    if isinstance(masks, (list, tuple)):
+        return tuple(mask.to(device, non_blocking=True) for mask in masks)
+    return masks.to(device, non_blocking=True)
 
 
-def _datasets(config: TrainConfig, normalization: str):
-    train_tf = train_transforms(
-        crop_size=config.crop_size or None,
-        scale_range=config.scale_range,
-        hflip=config.hflip,
-        color_jitter=config.color_jitter,
-        normalization=normalization,
-    )
-    train_set = build_dataset(config.dataset, root=config.root, split=config.train_split, transforms=train_tf)
-    val_set = build_dataset(
-        config.val_dataset or config.dataset,
-        root=config.val_root or config.root,
-        split=config.val_split,
-        transforms=eval_transforms(normalization=normalization),
-    )
-    if val_set.info.num_classes != train_set.info.num_classes:
-        raise ValueError(f"validation set has {val_set.info.num_classes} classes, training set {train_set.info.num_classes}")
-    return train_set, val_set
+def _build_model(config: TrainConfig) -> tuple[nn.Module, str]:
+    """``build_training_model``; the NYUDv2 fusion models start from colour FCN-32s (and HHA, for late fusion)
+    initialized from ``init_weights`` (``init_weights_hha``), with the reference's surgery."""
+    if not config.init_weights or config.model not in ("fcn32s-nyud-rgbd", "fcn32s-nyud-rgbhha"):
+        return build_training_model(config)
+    color, normalization = build_training_model(dataclasses.replace(config, model="fcn32s"))
+    if config.model == "fcn32s-nyud-rgbd":
+        return early_fusion_from_rgb(color), normalization
+    hha_init = config.init_weights_hha or config.init_weights
+    hha, _ = build_training_model(dataclasses.replace(config, model="fcn32s", init_weights=hha_init))
+    return late_fusion_from_streams(color, hha), normalization
 
 
-def _train_loader(train_set, config: TrainConfig, start_sample: int) -> DataLoader:
-    return DataLoader(
-        SeededSamples(train_set, seed=config.seed),
-        batch_size=config.batch_size,
-        sampler=SampleCounter(start=start_sample),
-        num_workers=config.workers,
-        generator=torch.Generator().manual_seed(config.seed),
-        persistent_workers=False,
-    )
+def _set_training_modes(model: nn.Module, config: TrainConfig) -> None:
+    """Train mode, but frozen batch norm (``freeze_bn``) and no dropout or stochastic depth (``stochastic_layers``)."""
+    model.train()
+    for module in model.modules():
+        if config.freeze_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+        if not config.stochastic_layers and isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
+        if not config.stochastic_layers and hasattr(module, "drop_connect_rate"):
+            module.drop_connect_rate = 0.0  # EfficientNet-Lite's per-sample stochastic depth
 
 
-def _append_log(path: Path, row: dict) -> None:
+def _append_log(path: Path, row: dict, fields: list[str]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=LOG_FIELDS)
+        writer = csv.DictWriter(stream, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerow({key: row.get(key, "") for key in LOG_FIELDS})
+        writer.writerow({key: row.get(key, "") for key in fields})
 
 
 def _save(out: Path, name: str, model: nn.Module, meta: ModelMeta, optimizer, state: dict, config) -> None:
     checkpoint = make_checkpoint(
-        model,
-        meta,
-        optimizer=optimizer.state_dict(),
-        step=state["step"],
-        best_mean_iu=state["best_mean_iu"],
-        train_seconds=state["train_seconds"],
-        rng_state=torch.get_rng_state(),
+        unwrap(model), meta, optimizer=optimizer.state_dict(), step=state["step"],
+        best_mean_iu=state["best_mean_iu"], train_seconds=state["train_seconds"], rng_state=torch.get_rng_state(),
         config=config_to_yaml(config),
     )
     save_atomically(checkpoint, out / name)
@@ -153,29 +125,50 @@ def _tensorboard(config: TrainConfig, out: Path):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def _validate(model, val_set, meta: ModelMeta, config: TrainConfig, device) -> dict:
-    return evaluate(
-        model, val_set, num_classes=meta.num_classes, device=device, ignore_index=meta.ignore_index,
-        max_images=config.val_max_images, workers=min(config.workers, 2),
+def _validate_and_save(model, optimizer, val_set, meta: ModelMeta, config: TrainConfig, device, state: dict,
+                       out: Path, context: DistContext) -> dict:
+    """Score on every rank (each its share of the images); rank 0 writes best.pt (on a new best) and last.pt."""
+    scores = evaluate(
+        unwrap(model), val_set, num_classes=meta.num_classes, device=device, ignore_index=meta.ignore_index,
+        max_images=config.val_max_images, workers=min(config.workers, 2), context=context,
     )
+    new_best = scores["mean_iu"] > state["best_mean_iu"]  # the same on every rank: the scores are reduced
+    if new_best:
+        state["best_mean_iu"] = scores["mean_iu"]
+    if context.is_main:
+        if new_best:
+            _save(out, "best.pt", model, meta, optimizer, state, config)
+        _save(out, "last.pt", model, meta, optimizer, state, config)
+    return scores
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train as ``config`` says; returns ``{"step", "best_mean_iu", "last_scores", "out"}``."""
+    """Train as ``config`` says; returns ``{"step", "best_mean_iu", "last_scores", "out"}``.
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every process calls this; ``batch_size`` is per rank.
+    """
     config = resolve_recipe(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     # Denormal floats make CPU kernels many times slower late in training; flushing them costs nothing.
     torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)
-    device = pick_device(config.device)
+    context, device = setup_distributed(pick_device(config.device))
+    try:
+        return _train(config, resume=resume, progress=progress and context.is_main, device=device, context=context)
+    finally:
+        if context.owns_group:
+            teardown_distributed()
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context: DistContext) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if not resume and (out / "last.pt").exists():
         raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
-
-    model, normalization = build_training_model(config)
-    train_set, val_set = _datasets(config, normalization)
+    model, normalization = _build_model(config)
+    normalization = config.normalization or normalization
+    train_set, val_set = build_datasets(config, normalization, modalities_for(config, model))
     info = train_set.info
     meta = ModelMeta(
         model=config.model, num_classes=info.num_classes, class_names=info.class_names, palette=info.palette,
@@ -184,46 +177,59 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     )
     if getattr(model, "num_classes", info.num_classes) != info.num_classes:
         raise ValueError(f"model has {model.num_classes} classes, data set {info.name} has {info.num_classes}")
-    model.to(device).train()
+    model.to(device)
+    _set_training_modes(model, config)
     optimizer = make_optimizer(model, config)
     state = {"step": 0, "best_mean_iu": -1.0, "train_seconds": 0.0}
     if resume and (out / "last.pt").exists():
         state = _restore(out, model, optimizer, config)
-    (out / "config.yaml").write_text(config_to_yaml(config))
-    return _loop(model, optimizer, train_set, val_set, meta, config, device, state, out, progress)
+    if context.is_main:
+        (out / "config.yaml").write_text(config_to_yaml(config))
+    model = wrap_model(model, context=context, device=device, sync_bn=config.sync_bn)
+    result = _loop(model, optimizer, train_set, val_set, meta, config, device, state, out, progress, context)
+    barrier()  # every rank returns once rank 0 has written its files
+    return result
 
 
-def _loop(model, optimizer, train_set, val_set, meta, config, device, state, out, progress) -> dict:
-    samples_per_step = config.batch_size * config.grad_accum
-    batches = iter(_train_loader(train_set, config, state["step"] * samples_per_step))
+def _train_step(model, optimizer, batches, meta: ModelMeta, config: TrainConfig, device, context, step: int) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the global batch's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for micro in range(config.grad_accum):
+        images, masks = next(batches)
+        with no_sync_unless(micro == config.grad_accum - 1, model):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                outputs = model(images.to(device, non_blocking=True))
+            terms = loss_terms(outputs, _masks_to(masks, device), ignore_index=meta.ignore_index,
+                               loss_sample=config.loss_sample)
+            loss, value = global_loss(terms, reduction=config.loss, grad_accum=config.grad_accum, context=context)
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"loss became {value} at step {step + 1}; stopped. The last good checkpoint is "
+                    f"{Path(config.out) / 'last.pt'}; lower the learning rate (lr=...) and --resume"
+                )
+            loss.backward()
+        step_loss += value
+    optimizer.step()
+    return step_loss
+
+
+def _loop(model, optimizer, train_set, val_set, meta, config, device, state, out, progress, context) -> dict:
+    samples_per_step = config.batch_size * config.grad_accum * context.world_size
+    batches = iter(train_loader(train_set, config, state["step"], context))
+    heads = getattr(unwrap(model), "head_names", ())[1:]  # further heads are logged as <head>_<metric>
+    log_fields = LOG_FIELDS + [f"{head}_{metric}" for head in heads for metric in METRICS]
     last_scores: dict = {}
     bar = tqdm(total=config.iters, initial=state["step"], disable=not progress, desc="train", unit="step")
     running_loss = None
-    writer = _tensorboard(config, out)
+    writer = _tensorboard(config, out) if context.is_main else None
     while state["step"] < config.iters:
         started = time.perf_counter()
         lr = lr_at(state["step"], base_lr=config.lr, iters=config.iters, schedule=config.schedule,
                    warmup_iters=config.warmup_iters)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(config.grad_accum):
-            images, masks = next(batches)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                logits = model(images.to(device, non_blocking=True))
-            loss = segmentation_loss(
-                logits.float(), masks.to(device), reduction=config.loss, ignore_index=meta.ignore_index,
-                loss_sample=config.loss_sample,
-            ) / config.grad_accum  # Caffe's iter_size divides the accumulated gradient likewise
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {state['step'] + 1}; stopped. The last good checkpoint "
-                    f"is {out / 'last.pt'}; lower the learning rate (lr=...) and --resume"
-                )
-            loss.backward()
-            step_loss += loss.item()
-        optimizer.step()
+        step_loss = _train_step(model, optimizer, batches, meta, config, device, context, state["step"])
         state["step"] += 1
         state["train_seconds"] += time.perf_counter() - started
         running_loss = step_loss if running_loss is None else 0.9 * running_loss + 0.1 * step_loss
@@ -231,30 +237,31 @@ def _loop(model, optimizer, train_set, val_set, meta, config, device, state, out
         bar.set_postfix(loss=f"{running_loss:.4g}", img_s=f"{samples_per_step / (time.perf_counter() - started):.1f}")
         row = {"step": state["step"], "train_minutes": f"{state['train_seconds'] / 60:.3f}", "lr": f"{lr:.4g}",
                "loss": f"{step_loss:.6g}"}
-        out_of_time = config.time_budget_minutes is not None and state["train_seconds"] >= 60 * config.time_budget_minutes
+        out_of_time = config.time_budget_minutes is not None and any_rank(
+            state["train_seconds"] >= 60 * config.time_budget_minutes
+        )
         finished = state["step"] == config.iters or out_of_time
         if state["step"] % config.val_every == 0 or finished:
-            last_scores = _validate(model, val_set, meta, config, device)
-            row.update({key: f"{last_scores[key]:.6f}" for key in ("pixel_acc", "mean_acc", "mean_iu", "fwavacc")})
-            if last_scores["mean_iu"] > state["best_mean_iu"]:
-                state["best_mean_iu"] = last_scores["mean_iu"]
-                _save(out, "best.pt", model, meta, optimizer, state, config)
-            _save(out, "last.pt", model, meta, optimizer, state, config)
-            bar.write(f"step {state['step']}: mean IU {100 * last_scores['mean_iu']:.2f}")
-        if state["step"] % config.log_every == 0 or "mean_iu" in row:
-            _append_log(out / "log.csv", row)
+            last_scores = _validate_and_save(model, optimizer, val_set, meta, config, device, state, out, context)
+            row.update({key: f"{last_scores[key]:.6f}" for key in METRICS})
+            row.update({f"{head}_{key}": f"{last_scores[head][key]:.6f}" for head in heads for key in METRICS})
+            others = "".join(f", {head} mean IU {100 * last_scores[head]['mean_iu']:.2f}" for head in heads)
+            if context.is_main:
+                bar.write(f"step {state['step']}: mean IU {100 * last_scores['mean_iu']:.2f}{others}")
+        if context.is_main and (state["step"] % config.log_every == 0 or "mean_iu" in row):
+            _append_log(out / "log.csv", row, log_fields)
             if writer is not None:
                 for key in ("loss", "lr", "mean_iu", "pixel_acc"):
                     if row.get(key):
                         writer.add_scalar(key, float(row[key]), state["step"])
         if finished or (config.stop_after is not None and state["step"] >= config.stop_after):
-            if not (state["step"] % config.val_every == 0 or finished):
+            if not (state["step"] % config.val_every == 0 or finished) and context.is_main:
                 _save(out, "last.pt", model, meta, optimizer, state, config)
             break
     bar.close()
     if writer is not None:
         writer.close()
-    if state["step"] == config.iters or config.stop_after is None:
+    if context.is_main and (state["step"] == config.iters or config.stop_after is None):
         from fcnseg.plots import plot_training_log
 
         plot_training_log(out / "log.csv", out / "curves.png")

@@ -16,12 +16,20 @@ centred on it (derivation in docs/alignment.md):
     FCN-8s    score_pool4 against upscore2                    crop 5
               score_pool3 against upscore_pool4 (k=4, s=2)    crop 9
               upscore8 (k=16, s=8)                            crop 31 against the image
+
+Layouts. ``layout="reference"`` (the default) is the above. ``layout="compact"`` drops the 100-pixel pad
+(conv1_1 padding 1, fc6 padding 3: about half the FLOPs), pads the input's bottom and right to a multiple of
+32 (as ``heads.BackboneFCN``) and crops back. Every convolution then keeps its cell centres and each 2x2 pool
+maps cell ``i`` to ``2 i + 1/2``, so the stride-``S`` cell ``i`` is centred on pixel ``S i + (S - 1) / 2``. The
+upsampled coarse map is cropped onto the finer one (it is the larger here): upscore2 and upscore_pool4 crop 1,
+upscore8 crops 4, upscore16 8, upscore 16 (derivation as in heads.py). Same parameters, same state dict.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fcnseg.models.layers import BilinearUpsample, crop_like
 
@@ -30,6 +38,11 @@ VGG16_STAGES: tuple[tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 3
 
 # The reference's input padding: enough that fc6's 7x7 window fits any input, however small.
 REFERENCE_INPUT_PAD = 100
+LAYOUTS = ("reference", "compact")
+COMPACT_SIZE_MULTIPLE = 32
+# Crop of the final upsampling against the image, per layout and output stride.
+FINAL_CROP: dict[str, dict[int, int]] = {"reference": {32: 19, 16: 27, 8: 31}, "compact": {32: 16, 16: 8, 8: 4}}
+COMPACT_SKIP_CROP = 1  # upscore2 onto score_pool4, upscore_pool4 onto score_pool3
 
 
 def vgg16_conv_names() -> list[str]:
@@ -47,23 +60,27 @@ class VGG16FCN(nn.Module):
     output_stride = 32
     normalization = "caffe"  # input convention of the reference's weights (fcnseg.data.transforms)
 
-    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3,
+                 layout: str = "reference"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.learnable_upsampling = learnable_upsampling
         channels = in_channels
         for block, count, out_channels in VGG16_STAGES:
             for i in range(1, count + 1):
-                padding = REFERENCE_INPUT_PAD if (block, i) == (1, 1) else 1
+                padding = REFERENCE_INPUT_PAD if (block, i) == (1, 1) and layout == "reference" else 1
                 setattr(self, f"conv{block}_{i}", nn.Conv2d(channels, out_channels, 3, padding=padding))
                 setattr(self, f"relu{block}_{i}", nn.ReLU(inplace=True))
                 channels = out_channels
             # Caffe pools round up ("ceil"), so odd sizes keep their last row and column.
             setattr(self, f"pool{block}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
-        self.fc6 = nn.Conv2d(512, 4096, 7)
+        self.fc6 = nn.Conv2d(512, 4096, 7, padding=0 if layout == "reference" else 3)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(0.5)
         self.fc7 = nn.Conv2d(4096, 4096, 1)
@@ -76,6 +93,8 @@ class VGG16FCN(nn.Module):
         """Returns ``(pool3, pool4, drop7)``: the stride-8, stride-16 and stride-32 features."""
         pools = {}
         h = x
+        if self.layout == "compact":  # (N, C, 32 * ceil(H / 32), 32 * ceil(W / 32))
+            h = pad_to_multiple(x, COMPACT_SIZE_MULTIPLE)
         for block, count, _ in VGG16_STAGES:
             for i in range(1, count + 1):
                 h = getattr(self, f"relu{block}_{i}")(getattr(self, f"conv{block}_{i}")(h))
@@ -87,6 +106,20 @@ class VGG16FCN(nn.Module):
 
     def upsampling_layers(self) -> list[BilinearUpsample]:
         return [m for m in self.modules() if isinstance(m, BilinearUpsample)]
+
+    def fuse(self, upscored: torch.Tensor, score_pool: torch.Tensor, reference_crop: int) -> torch.Tensor:
+        """Sum of a 2x-upsampled score map and a skip's scores, cropped onto the smaller of the two."""
+        if self.layout == "reference":  # score_pool is the larger: crop it (score_pool4c, score_pool3c)
+            return upscored + crop_like(score_pool, reference_crop, upscored.shape[-2], upscored.shape[-1])
+        return score_pool + crop_like(upscored, COMPACT_SKIP_CROP, score_pool.shape[-2], score_pool.shape[-1])
+
+    def crop_output(self, upscored: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return crop_like(upscored, FINAL_CROP[self.layout][self.output_stride], height, width)  # (N, K, H, W)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the bottom and right of ``(N, C, H, W)`` to multiples of ``multiple`` (as heads.pad_to_multiple)."""
+    return F.pad(x, [0, -x.shape[-1] % multiple, 0, -x.shape[-2] % multiple])
 
 
 def zero_init(conv: nn.Conv2d) -> None:
@@ -102,15 +135,17 @@ class FCN32s(VGG16FCN):
     name = "fcn32s"
     output_stride = 32
 
-    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
-        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels)
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3,
+                 layout: str = "reference"):
+        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels,
+                         layout=layout)
         self.upscore = BilinearUpsample(num_classes, stride=32, kernel_size=64, learnable=learnable_upsampling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         _, _, h = self.features(x)
         h = self.upscore(self.score_fr(h))  # (N, K, 32 * (h' - 1) + 64, ...)
-        return crop_like(h, 19, height, width)
+        return self.crop_output(h, height, width)
 
 
 class FCN16s(VGG16FCN):
@@ -119,8 +154,10 @@ class FCN16s(VGG16FCN):
     name = "fcn16s"
     output_stride = 16
 
-    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
-        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels)
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3,
+                 layout: str = "reference"):
+        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels,
+                         layout=layout)
         self.score_pool4 = nn.Conv2d(512, num_classes, 1)
         zero_init(self.score_pool4)
         self.upscore2 = BilinearUpsample(num_classes, stride=2, kernel_size=4, learnable=learnable_upsampling)
@@ -130,9 +167,8 @@ class FCN16s(VGG16FCN):
         height, width = x.shape[-2:]
         _, pool4, h = self.features(x)
         upscore2 = self.upscore2(self.score_fr(h))  # (N, K, 1/16)
-        score_pool4c = crop_like(self.score_pool4(pool4), 5, upscore2.shape[-2], upscore2.shape[-1])
-        h = self.upscore16(upscore2 + score_pool4c)
-        return crop_like(h, 27, height, width)
+        h = self.upscore16(self.fuse(upscore2, self.score_pool4(pool4), 5))
+        return self.crop_output(h, height, width)
 
     @classmethod
     def from_fcn32s(cls, fcn32s: FCN32s) -> FCN16s:
@@ -149,8 +185,10 @@ class FCN8s(VGG16FCN):
     scale_pool4 = 1.0
     scale_pool3 = 1.0
 
-    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3):
-        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels)
+    def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3,
+                 layout: str = "reference"):
+        super().__init__(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels,
+                         layout=layout)
         self.score_pool3 = nn.Conv2d(256, num_classes, 1)
         self.score_pool4 = nn.Conv2d(512, num_classes, 1)
         zero_init(self.score_pool3)
@@ -167,11 +205,9 @@ class FCN8s(VGG16FCN):
         if self.scale_pool3 != 1.0:
             pool3 = pool3 * self.scale_pool3
         upscore2 = self.upscore2(self.score_fr(h))  # (N, K, 1/16)
-        score_pool4c = crop_like(self.score_pool4(pool4), 5, upscore2.shape[-2], upscore2.shape[-1])
-        upscore_pool4 = self.upscore_pool4(upscore2 + score_pool4c)  # (N, K, 1/8)
-        score_pool3c = crop_like(self.score_pool3(pool3), 9, upscore_pool4.shape[-2], upscore_pool4.shape[-1])
-        h = self.upscore8(upscore_pool4 + score_pool3c)
-        return crop_like(h, 31, height, width)
+        upscore_pool4 = self.upscore_pool4(self.fuse(upscore2, self.score_pool4(pool4), 5))  # (N, K, 1/8)
+        h = self.upscore8(self.fuse(upscore_pool4, self.score_pool3(pool3), 9))
+        return self.crop_output(h, height, width)
 
     @classmethod
     def from_fcn16s(cls, fcn16s: FCN16s) -> FCN8s:
@@ -192,6 +228,7 @@ def _staged_from(cls: type[VGG16FCN], coarser: VGG16FCN) -> VGG16FCN:
         num_classes=coarser.num_classes,
         learnable_upsampling=coarser.learnable_upsampling,
         in_channels=coarser.in_channels,
+        layout=coarser.layout,
     )
     finer_state = finer.state_dict()
     # Upsampling layers are re-made bilinear (surgery.interp), as the reference's solve.py does.

@@ -1,0 +1,124 @@
+"""The fastest equivalent module for inference: ``inference_model(model, example) -> nn.Module``.
+
+Each speed-up is checked against the plain path (``model.eval()`` under ``torch.inference_mode``) on
+``example`` and dropped when its output differs by more than ``tolerance`` (relative to the largest logit):
+
+1. batch norm folded into the preceding convolution (EfficientNet-Lite: each ``SameConv2d`` + ``BatchNorm2d``
+   pair; the conv gains a bias, the norm becomes ``nn.Identity``). The caller's model is left untouched.
+2. channels_last weights and inputs (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPU).
+3. optionally ``torch.compile`` with inductor's weight freezing (``compile=True``): compiled at the first call
+   on ``example``; any exception, or a mismatch, falls back to step 2's module.
+4. optionally bf16 autocast (``bf16=True``, CUDA only; checked with the looser ``bf16_tolerance``).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+# (conv, batch norm) attribute pairs whose forward is ``bn(conv(x))``, per module class name.
+FOLDABLE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "MBConvBlock": (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")),
+    "EfficientNetLite": (("_conv_stem", "_bn0"), ("_conv_head", "_bn1")),
+}
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold eval-mode ``bn`` into ``conv`` in place: ``bn(conv(x)) == conv'(x)``."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+
+
+def fold_batch_norms(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``model`` with every known conv + batch norm pair folded; ``(copy, number folded)``."""
+    model = copy.deepcopy(model).eval()
+    folded = 0
+    for module in model.modules():
+        for conv_name, bn_name in FOLDABLE_PAIRS.get(type(module).__name__, ()):
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                fold_conv_bn(conv, bn)
+                setattr(module, bn_name, nn.Identity())
+                folded += 1
+    return model, folded
+
+
+class InferenceModule(nn.Module):
+    """``forward((N, C, H, W)) -> (N, K, H, W)`` under ``torch.inference_mode``, inputs made channels_last."""
+
+    def __init__(self, model: nn.Module, *, channels_last: bool, autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.model = model
+        self.channels_last = channels_last
+        self.autocast_dtype = autocast_dtype
+        self.compiled = None  # set by inference_model when torch.compile passed its check
+        self.steps: list[str] = []  # which speed-ups this module applies, for logs and tests
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            run = self.compiled or self.model
+            if self.autocast_dtype is None:
+                return run(x)
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                return run(x).float()
+
+
+def _max_error(module: nn.Module, expected: torch.Tensor, example: torch.Tensor) -> float:
+    got = module(example).float()
+    if got.shape != expected.shape:
+        return float("inf")
+    return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6)).item()
+
+
+def _try_compile(fast: InferenceModule, expected: torch.Tensor, example: torch.Tensor, tolerance: float) -> None:
+    """Compile ``fast.model`` with frozen weights; keep it only if it runs and matches on ``example``."""
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        fast.compiled = torch.compile(fast.model)
+        error = _max_error(fast, expected, example)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+        warnings.warn(f"torch.compile failed, running eagerly: {type(exc).__name__}: {exc}", stacklevel=3)
+        error = float("inf")
+    if error > tolerance:
+        fast.compiled = None
+    else:
+        fast.steps.append("compile")
+
+
+def inference_model(
+    model: nn.Module, example: torch.Tensor, *, compile: bool = False, bf16: bool = False,
+    tolerance: float = 1e-4, bf16_tolerance: float = 5e-2,
+) -> nn.Module:
+    """The fastest module equivalent to ``model.eval()`` on ``example``'s device, checked on ``example``.
+
+    ``example``: a ``(N, C, H, W)`` input of the kind that will be served (on the target device). The
+    returned module runs under ``torch.inference_mode`` (outputs cannot be used for autograd) and shares no
+    parameters with ``model``. ``steps`` on the result lists the speed-ups kept.
+    """
+    model = model.eval().to(example.device)
+    with torch.inference_mode():
+        expected = model(example).float()
+    folded, count = fold_batch_norms(model)
+    fast = InferenceModule(folded.to(memory_format=torch.channels_last), channels_last=True)
+    fast.steps = (["fold_bn"] if count else []) + ["channels_last"]
+    if _max_error(fast, expected, example) > tolerance:
+        fast = InferenceModule(copy.deepcopy(model), channels_last=False)
+    if compile:
+        _try_compile(fast, expected, example, tolerance)
+    if bf16 and example.device.type == "cuda":
+        fast.autocast_dtype = torch.bfloat16
+        if _max_error(fast, expected, example) > bf16_tolerance:
+            fast.autocast_dtype = None
+        else:
+            fast.steps.append("bf16")
+    return fast.eval()
