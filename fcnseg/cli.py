@@ -60,16 +60,18 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fcnseg.config import load_config, parse_overrides
+    from fcnseg.distributed import context_from_env
     from fcnseg.train import train
 
     overrides = parse_overrides(args.overrides)
-    for key in ("model", "dataset", "root", "iters", "batch_size", "out", "recipe"):
+    for key in ("model", "dataset", "root", "iters", "batch_size", "out", "recipe", "loss_sample"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
     config = load_config(args.config, overrides)
     result = train(config, resume=args.resume)
-    print(f"step {result['step']}: best mean IU {100 * result['best_mean_iu']:.2f}; checkpoints in {result['out']}")
+    if context_from_env().is_main:  # under torchrun, print once
+        print(f"step {result['step']}: best mean IU {100 * result['best_mean_iu']:.2f}; checkpoints in {result['out']}")
     return 0
 
 
@@ -177,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iters", type=int, help="optimizer steps")
     train.add_argument("--batch-size", dest="batch_size", type=int)
     train.add_argument("--out", help="run folder (default runs/fcnseg)")
+    train.add_argument("--loss-sample", dest="loss_sample", type=float, metavar="P",
+                       help="keep each final-layer cell's loss with probability P (the paper's patch sampling)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=0.01")
     train.set_defaults(func=cmd_train)

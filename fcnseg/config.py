@@ -135,6 +135,11 @@ def _coerce(name: str, annotation, value):
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
         if kind is str and isinstance(value, str):
             return value
     raise ValueError(f"config key {name!r} expects {hint}, got {value!r}")

@@ -67,6 +67,9 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     path.write_text("model: fcn16s\nlr: 0.001\nscale_range: [0.5, 1.5]\n")
     config = load_config(path, parse_overrides(["lr=0.01", "hflip=false"]))
     assert (config.model, config.lr, config.scale_range, config.hflip) == ("fcn16s", 0.01, (0.5, 1.5), False)
+    assert load_config(None, parse_overrides(["lr=1e-3"])).lr == 0.001  # YAML reads 1e-3 as a string
+    with pytest.raises(ValueError, match="'lr' expects"):
+        make_config({"lr": "fast"})
     with pytest.raises(ValueError, match="not key=value"):
         parse_overrides(["lr"])
     with pytest.raises(ValueError, match="needs crop_size"):
