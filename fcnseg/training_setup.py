@@ -9,6 +9,7 @@ from torch import nn
 
 from fcnseg.config import TrainConfig
 from fcnseg.models import transplant_alexnet, transplant_vgg16
+from fcnseg.models.vgg import copy_shared_layers
 from fcnseg.models.zoo import build_model
 
 
@@ -53,15 +54,8 @@ def _initialize(model: nn.Module, path: Path, *, default: str) -> str:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and state.get("format") == "fcnseg-checkpoint":
         checkpoint = load_checkpoint(path)
-        own = model.state_dict()
-        shared = {
-            key: value
-            for key, value in checkpoint["state_dict"].items()
-            if key in own and not key.startswith("upscore") and value.shape == own[key].shape
-        }
-        if not shared:
+        if copy_shared_layers(model, checkpoint["state_dict"]) == 0:
             raise ValueError(f"{path}: no layer of this checkpoint fits {type(model).__name__}")
-        model.load_state_dict(shared, strict=False)
         return meta_from_checkpoint(checkpoint).normalization
     if isinstance(state, dict) and "features.0.weight" in state:
         if hasattr(model, "conv1_1"):

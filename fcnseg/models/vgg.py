@@ -230,12 +230,19 @@ def _staged_from(cls: type[VGG16FCN], coarser: VGG16FCN) -> VGG16FCN:
         in_channels=coarser.in_channels,
         layout=coarser.layout,
     )
-    finer_state = finer.state_dict()
-    # Upsampling layers are re-made bilinear (surgery.interp), as the reference's solve.py does.
+    copy_shared_layers(finer, coarser.state_dict())
+    return finer.to(next(coarser.parameters()).device)
+
+
+def copy_shared_layers(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int:
+    """Staged training's transfer: copy every tensor of matching name and shape into ``model``, except the
+    upsampling layers, which stay bilinear (``surgery.interp``, as the reference's solve.py does). New score
+    layers keep their zero init. Returns the number of tensors copied."""
+    own = model.state_dict()
     shared = {
         key: value
-        for key, value in coarser.state_dict().items()
-        if key in finer_state and not key.startswith(("upscore",)) and value.shape == finer_state[key].shape
+        for key, value in state_dict.items()
+        if key in own and not key.startswith("upscore") and value.shape == own[key].shape
     }
-    finer.load_state_dict(shared, strict=False)
-    return finer.to(next(coarser.parameters()).device)
+    model.load_state_dict(shared, strict=False)
+    return len(shared)
