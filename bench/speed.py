@@ -1,5 +1,6 @@
-"""Speed of every FCN and two peers, batch 1, float32, in one run: forward (eager and ``inference_model``),
-training step (forward, cross-entropy, backward, SGD step), peak memory, FLOPs and share of the machine's ceiling.
+"""Speed of every FCN and two peers in one run: forward (eager, ``inference_model`` in float32 and in bf16),
+training step (forward, cross-entropy, backward, SGD step; float32, and bf16 autocast + channels_last), peak
+memory, FLOPs and share of the machine's ceiling (float32 modes against the float32 ceiling, bf16 against bf16).
 
     python bench/speed.py --quick --json-out bench/speed.json            # 360x480
     python bench/speed.py --size 500x500 --models fcn8s,fcn8s-compact --modes forward,fast
@@ -8,7 +9,8 @@ Each (model, mode) runs in its own subprocess, so that peak memory is that proce
 (``resource.getrusage``) after the measurement minus its value once the model and input exist: the extra
 resident memory the forward or training step needs (warm-up included, which does the same work).
 Times: median, min and max of ``--reps`` runs after ``--warmup`` runs (``time.perf_counter``).
-The ceiling is one 3x3 convolution 256->256 on 128x128, channels_last, timed the same way in the same run.
+The ceiling is one 3x3 convolution 256->256 on 128x128, channels_last, timed the same way in the same run, in
+float32 and under bf16 autocast (oneDNN's AMX kernels where the CPU has them). ``--batch`` sets the images per step.
 Peers: torchfcn 1.9.7's FCN8s (its ``models`` subpackage imported on its own, as tests/test_reference_port.py
 does) and torchvision's ``fcn_resnet50(weights=None, weights_backbone=None)`` (its ``"out"`` logits).
 """
@@ -30,7 +32,8 @@ from torch import nn
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-compact", "fcn-alexnet", "fcn8s-lite0", "torchfcn-fcn8s",
           "torchvision-fcn-resnet50")
-MODES = ("forward", "fast", "train")
+MODES = ("forward", "fast", "fast-bf16", "train", "train-bf16")
+BF16_MODES = ("fast-bf16", "train-bf16")  # timed against the bf16 ceiling
 NUM_CLASSES = 21
 
 
@@ -71,32 +74,46 @@ def timed(step, *, warmup: int, reps: int) -> list[float]:
     return times
 
 
-def measure(name: str, mode: str, height: int, width: int, *, warmup: int, reps: int) -> dict:
-    """Runs in the child process: seconds per step and the extra peak RSS (MiB)."""
+def measure(name: str, mode: str, height: int, width: int, *, batch: int, warmup: int, reps: int) -> dict:
+    """Runs in the child process: seconds per step and the extra peak RSS (MiB).
+
+    forward: ``model.eval()`` under inference_mode. fast / fast-bf16: ``fcnseg.inference_model`` (bf16=True for
+    the latter). train: SGD step in float32. train-bf16: the same step as ``fcnseg train`` with ``amp: true``
+    (bf16 autocast) and channels_last weights and inputs.
+    """
     torch.manual_seed(0)
-    x = torch.randn(1, 3, height, width)
-    if name == "ceiling":
+    x = torch.randn(batch, 3, height, width)
+    if name.startswith("ceiling"):
         conv = nn.Conv2d(256, 256, 3, padding=1).to(memory_format=torch.channels_last).eval()
         x = torch.randn(1, 256, 128, 128).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return {"times": timed(lambda: conv(x), warmup=warmup, reps=reps), "flops": 2 * 256 * 256 * 9 * 128 * 128}
+        bf16 = name == "ceiling-bf16"
+
+        def run():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                conv(x)
+        return {"times": timed(run, warmup=warmup, reps=reps), "flops": 2 * 256 * 256 * 9 * 128 * 128}
     model = build(name)
-    if mode == "train":
-        target = torch.randint(0, NUM_CLASSES, (1, height, width))
+    if mode.startswith("train"):
+        bf16 = mode == "train-bf16"
+        target = torch.randint(0, NUM_CLASSES, (batch, height, width))
+        if bf16:
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-10, momentum=0.9)
         model.train()
 
         def step():
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), target).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            nn.functional.cross_entropy(logits.float(), target).backward()
             optimizer.step()
     else:
         model.eval()
         run = model
-        if mode == "fast":
+        if mode.startswith("fast"):
             from fcnseg.fast import inference_model
 
-            run = inference_model(model, x)
+            run = inference_model(model, x, bf16=mode == "fast-bf16")
 
         def step():
             with torch.inference_mode():
@@ -104,12 +121,12 @@ def measure(name: str, mode: str, height: int, width: int, *, warmup: int, reps:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = timed(step, warmup=warmup, reps=reps)
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024  # ru_maxrss is KiB on Linux
-    return {"times": times, "peak_mib": peak_mib}
+    return {"times": times, "peak_mib": peak_mib, "steps": getattr(run, "steps", None) if mode.startswith("fast") else None}
 
 
 def in_subprocess(name: str, mode: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", name, mode, "--size", f"{args.size[0]}x{args.size[1]}",
-               "--threads", str(args.threads), "--warmup", str(args.warmup), "--reps", str(args.reps)]
+               "--threads", str(args.threads), "--batch", str(args.batch), "--warmup", str(args.warmup), "--reps", str(args.reps)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"}
@@ -137,9 +154,10 @@ def row_text(name: str, mode: str, gflop: float, result: dict, ceiling: float) -
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of forward,fast,train")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--size", default="360x480", help="HEIGHTxWIDTH (500x500 for the paper's size)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="images per forward / training step")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="1 warm-up, 3 repetitions")
@@ -157,28 +175,33 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     height, width = args.size
     if args.child:
-        print(json.dumps(measure(*args.child, height, width, warmup=args.warmup, reps=args.reps)))
+        print(json.dumps(measure(*args.child, height, width, batch=args.batch, warmup=args.warmup, reps=args.reps)))
         return 0
-    ceiling = in_subprocess("ceiling", "forward", args)
-    ceiling_flops = ceiling["flops"] / statistics.median(ceiling["times"])
+    ceilings = {}
+    for kind in ("ceiling", "ceiling-bf16"):
+        result = in_subprocess(kind, "forward", args)
+        ceilings[kind] = result["flops"] / statistics.median(result["times"])
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {args.threads} threads, {height}x{width}, batch 1, "
+          f"torch {torch.__version__}, {args.threads} threads, {height}x{width}, batch {args.batch}, "
           f"{args.warmup} warm-up + {args.reps} runs")
-    print(f"ceiling (3x3 conv 256->256 on 128x128, channels_last): {statistics.median(ceiling['times']) * 1e3:.1f} ms"
-          f" = {ceiling_flops / 1e9:.0f} GFLOP/s")
+    print(f"ceiling (3x3 conv 256->256 on 128x128, channels_last): float32 {ceilings['ceiling'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {ceilings['ceiling-bf16'] / 1e9:.0f} GFLOP/s (bf16 modes are shared against the latter)")
     print("| model | mode | GFLOP | median | min-max | share of ceiling | peak RSS delta |")
     print("|---|---|---|---|---|---|---|")
     rows = []
     for name in args.models.split(","):
         forward_gflop = flops_of(name, height, width) / 1e9
         for mode in args.modes.split(","):
-            gflop = 3 * forward_gflop if mode == "train" else forward_gflop  # backward about twice the forward
+            gflop = args.batch * (3 * forward_gflop if mode.startswith("train") else forward_gflop)  # backward ~2x
             result = in_subprocess(name, mode, args)
-            print(row_text(name, mode, gflop, result, ceiling_flops), flush=True)
+            ceiling = ceilings["ceiling-bf16" if mode in BF16_MODES else "ceiling"]
+            print(row_text(name, mode, gflop, result, ceiling), flush=True)
             rows.append({"model": name, "mode": mode, "gflop": gflop, **result})
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"size": [height, width], "threads": args.threads,
-                                                   "ceiling_gflops": ceiling_flops / 1e9, "rows": rows}, indent=1))
+        Path(args.json_out).write_text(json.dumps({"size": [height, width], "threads": args.threads, "batch": args.batch,
+                                                   "ceiling_gflops": ceilings["ceiling"] / 1e9,
+                                                   "ceiling_bf16_gflops": ceilings["ceiling-bf16"] / 1e9,
+                                                   "rows": rows}, indent=1))
     return 0
 
 

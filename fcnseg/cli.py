@@ -139,6 +139,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    needed = {  # distribution -> the modules it may provide
+        "starlette": ("starlette",), "uvicorn": ("uvicorn",), "python-multipart": ("python_multipart", "multipart"),
+    }
+    missing = [name for name, modules in needed.items() if not any(importlib.util.find_spec(m) for m in modules)]
+    if missing:
+        raise RuntimeError(
+            f"fcnseg serve needs starlette, uvicorn and python-multipart ({', '.join(missing)} not installed): "
+            "pip install 'fcnseg[serve]'"
+        )
+    import torch
+    import uvicorn
+
+    from fcnseg.serve import ServeSettings, create_app, load_serving_model
+    from fcnseg.training_setup import pick_device
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = ServeSettings(
+        max_upload_bytes=round(args.max_upload_mb * 1e6), max_pixels=args.max_pixels, max_queue=args.max_queue,
+    )
+    device = pick_device(args.device)
+    model, meta = load_serving_model(args.checkpoint, device=device)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"fcnseg serve: listening on {args.host}: anyone who can reach this address can use the server",
+              file=sys.stderr)
+    print(f"fcnseg serve: {meta.model} ({meta.num_classes} classes) on {device}, http://{args.host}:{args.port}/")
+    uvicorn.run(create_app(model, meta, settings=settings, device=device), host=args.host, port=args.port,
+                log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcnseg", description="Fully Convolutional Networks for Semantic Segmentation, in PyTorch."
@@ -211,6 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     export.add_argument("--out", required=True, help="file to write (e.g. model.onnx)")
     export.set_defaults(func=cmd_export)
+
+    serve = commands.add_parser("serve", help="a web page and HTTP API that segment uploaded images")
+    serve.add_argument("--checkpoint", help="an fcnseg checkpoint (default: the shipped CamVid model)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=10.0,
+                       help="largest upload in megabytes (default 10)")
+    serve.add_argument("--max-pixels", dest="max_pixels", type=int, default=12_000_000,
+                       help="largest image in pixels, checked before decoding (default 12000000: 4000x3000)")
+    serve.add_argument("--max-queue", dest="max_queue", type=int, default=32,
+                       help="segment requests in progress or waiting; more get 503 (default 32)")
+    serve.add_argument("--threads", type=int, default=None, help="torch threads for inference (default: torch's)")
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--log-level", dest="log_level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -296,6 +296,8 @@ def rarefy(model: nn.Module, factor: int) -> nn.Module:
     would have to keep part of its stride (AlexNet's stride-4 conv1 at factor 16) or cannot be dilated.
     """
     net = copy.deepcopy(model)
+    if getattr(net, "pad_skipper", None) is not None:  # its plan assumes the un-rarefied geometry
+        net.pad_skipper = None
     coarse_stride, strides = trace_strides(net)
     dense_stride = _dense_stride(coarse_stride, factor)
     for name, input_stride in strides.items():

@@ -129,6 +129,9 @@ class SameConv2d(nn.Conv2d):
         for size, kernel, stride in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
             total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
             pads += [total // 2, total - total // 2]  # (left, right), then (top, bottom)
+        left, right, top, bottom = pads
+        if left == right and top == bottom:  # every stride-1 conv: the convolution's own padding, no copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         return super().forward(F.pad(x, pads))
 
 
@@ -156,8 +159,8 @@ class MBConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         if hasattr(self, "_expand_conv"):
-            h = F.relu6(self._bn0(self._expand_conv(h)))  # (N, hidden, H, W)
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))  # (N, hidden, H / stride, W / stride)
+            h = F.relu6(self._bn0(self._expand_conv(h)), inplace=True)  # (N, hidden, H, W)
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)  # (N, hidden, H / stride, W / stride)
         h = self._bn2(self._project_conv(h))  # (N, out, H / stride, W / stride)
         if not self.has_skip:
             return h
@@ -215,7 +218,7 @@ class EfficientNetLite(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(N, 3, H, W) -> (f8, f16, f32)``, of ``ceil(H / s) x ceil(W / s)`` cells at stride ``s``."""
-        h = F.relu6(self._bn0(self._conv_stem(x)))  # (N, 32, H/2, W/2)
+        h = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)  # (N, 32, H/2, W/2)
         stride8_end, stride16_end = self.stage_ends[STRIDE8_STAGE], self.stage_ends[STRIDE16_STAGE]
         for index, block in enumerate(self._blocks):
             h = block(h)
@@ -223,7 +226,7 @@ class EfficientNetLite(nn.Module):
                 f8 = h  # (N, C8, H/8, W/8)
             elif index == stride16_end:
                 f16 = h  # (N, C16, H/16, W/16)
-        f32 = F.relu6(self._bn1(self._conv_head(h)))  # (N, 1280, H/32, W/32)
+        f32 = F.relu6(self._bn1(self._conv_head(h)), inplace=True)  # (N, 1280, H/32, W/32)
         return f8, f16, f32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -88,9 +88,16 @@ class VGG16FCN(nn.Module):
         self.drop7 = nn.Dropout(0.5)
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
         zero_init(self.score_fr)
+        # Set by fcnseg.models.pad_skip.enable_pad_skipping (inference only); not a submodule, not saved.
+        self.pad_skipper = None
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(pool3, pool4, drop7)``: the stride-8, stride-16 and stride-32 features."""
+        if self.pad_skipper is not None and not self.training:
+            return self.pad_skipper.features(x)
+        return self.plain_features(x)
+
+    def plain_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pools = {}
         h = x
         if self.layout == "compact":  # (N, C, 32 * ceil(H / 32), 32 * ceil(W / 32))
