@@ -119,7 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, meta = _load_model(args.checkpoint)
     results = predict_paths(
         model, meta, args.inputs, args.out, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha,
-        dense=args.dense,
+        dense=args.dense, bf16=args.bf16,
     )
     for result in results:
         shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
@@ -163,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=round(args.max_upload_mb * 1e6), max_pixels=args.max_pixels, max_queue=args.max_queue,
     )
     device = pick_device(args.device)
-    model, meta = load_serving_model(args.checkpoint, device=device)
+    model, meta = load_serving_model(args.checkpoint, device=device, bf16=args.bf16)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"fcnseg serve: listening on {args.host}: anyone who can reach this address can use the server",
               file=sys.stderr)
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", choices=["blend", "side-by-side", "none"], default="blend")
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--bf16", action="store_true",
+                         help="bf16 inference where the hardware has fast bf16 kernels (AMX or AVX512-BF16 CPUs, "
+                         "CUDA); checked against float32 on a small example (docs/performance.md)")
     predict.add_argument("--dense", type=int, default=1, metavar="FACTOR",
                          help="score_fr made FACTOR times denser by shift-and-stitch (skips unused; default 1)")
     predict.set_defaults(func=cmd_predict)
@@ -259,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="segment requests in progress or waiting; more get 503 (default 32)")
     serve.add_argument("--threads", type=int, default=None, help="torch threads for inference (default: torch's)")
     serve.add_argument("--device", default="auto")
+    serve.add_argument("--bf16", action="store_true",
+                       help="bf16 inference where the hardware has fast bf16 kernels (AMX or AVX512-BF16 CPUs, "
+                       "CUDA); checked against float32 on a small example (docs/performance.md)")
     serve.add_argument("--log-level", dest="log_level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)

@@ -74,12 +74,14 @@ def predict_paths(
     overlay: str = "blend",
     alpha: float = 0.5,
     dense: int = 1,
+    bf16: bool = False,
 ) -> Iterator[dict]:
     """Segment every input image; yields ``{"input", "labels", "overlay", "classes"}`` per image as it goes.
 
     ``overlay`` is ``"blend"`` (colours over the photo), ``"side-by-side"`` (photo | colours | blend) or ``"none"``.
     ``dense > 1`` scores with the model's stride-32 score_fr path made ``dense`` times denser by filter rarefaction
-    (``fcnseg.dense.rarefy``: shift-and-stitch in one pass; skip layers unused).
+    (``fcnseg.dense.rarefy``: shift-and-stitch in one pass; skip layers unused). ``bf16``: bf16 autocast where the
+    hardware has fast bf16 kernels (``fcnseg.inference_model``; ignored with ``dense``).
     """
     if overlay not in ("blend", "side-by-side", "none"):
         raise ValueError(f"overlay must be 'blend', 'side-by-side' or 'none', got {overlay!r}")
@@ -90,7 +92,7 @@ def predict_paths(
         model = rarefy(model, dense)
     else:  # batch norm folded, channels_last: checked against the plain model on a small example
         in_channels = getattr(model, "in_channels", 3)
-        model = inference_model(model, torch.randn(1, in_channels, 64, 96, device=device))
+        model = inference_model(model, torch.randn(1, in_channels, 64, 96, device=device), bf16=bf16)
     for path in iter_image_paths(inputs):
         image = read_image(path)
         labels, _ = predict_labels(model, image, normalization=meta.normalization, device=device)

@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,6 +14,7 @@ from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.cli import main
 from fcnseg.data.palettes import CAMVID_PALETTE
 from fcnseg.default_model import ASSETS, default_checkpoint_path
+from fcnseg.fast import bf16_supported
 
 # The real CamVid sits beside the checkout (../shared/data/camvid); FCNSEG_CAMVID_ROOT overrides.
 CAMVID = Path(os.environ.get("FCNSEG_CAMVID_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"))
@@ -45,3 +47,13 @@ def test_shipped_model_scores_well_on_real_camvid_val(capsys):
     assert main(["eval", "--root", str(CAMVID), "--split", "val", "--max-images", "12", "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["num_images"] == 12 and scores["mean_iu"] > 0.55
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no oneDNN bf16 kernels on this CPU")
+def test_predict_bf16_gives_nearly_the_float32_labels(tmp_path):
+    example = ASSETS / "examples" / "0016E5_07997.png"
+    assert main(["predict", str(example), "--out", str(tmp_path / "fp32"), "--overlay", "none"]) == 0
+    assert main(["predict", str(example), "--out", str(tmp_path / "bf16"), "--overlay", "none", "--bf16"]) == 0
+    fp32, bf16 = (np.asarray(Image.open(tmp_path / kind / "0016E5_07997_labels.png")) for kind in ("fp32", "bf16"))
+    assert fp32.shape == bf16.shape == (360, 480)
+    assert (fp32 == bf16).mean() > 0.99  # 0.27% of CamVid val's pixels change label (experiments/bf16_camvid.py)

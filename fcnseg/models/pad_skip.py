@@ -81,7 +81,7 @@ def plan_axis(length: int) -> list[AxisStep]:
 
 
 class PadSkipper:
-    """``features(model, x) -> (pool3, pool4, drop7)`` of a reference-layout ``VGG16FCN`` in eval mode, skipping
+    """``features(x) -> (pool3, pool4, drop7)`` of a reference-layout ``VGG16FCN`` in eval mode, skipping
     the constant part of the pad; equal to ``model.features(x)``."""
 
     def __init__(self, model: nn.Module):
@@ -110,7 +110,8 @@ class PadSkipper:
                     pre = bias + weight.sum((2, 3)) @ background  # the conv's output on the background
                     out_background = pre.clamp_min(0)
                     shifted_bias = (pre - out_background).to(dtype)
-                    layers[f"conv{block}_{i}"] = (conv.weight, shifted_bias, -out_background.to(dtype).view(1, -1, 1, 1))
+                    floor = -out_background.to(dtype).view(1, -1, 1, 1)  # (1, C, 1, 1)
+                    layers[f"conv{block}_{i}"] = (conv.weight, shifted_bias, floor)
                     background = out_background
             self.shifted[key] = layers
         return self.shifted[key]

@@ -302,9 +302,10 @@ def create_app(model: nn.Module, meta: ModelMeta, *, settings: ServeSettings | N
     return app
 
 
-def load_serving_model(checkpoint: str | Path | None = None, *,
-                       device: torch.device | str = "cpu") -> tuple[nn.Module, ModelMeta]:
-    """The checkpoint's model (the shipped CamVid model when ``None``), made fast for inference on ``device``."""
+def load_serving_model(checkpoint: str | Path | None = None, *, device: torch.device | str = "cpu",
+                       bf16: bool = False) -> tuple[nn.Module, ModelMeta]:
+    """The checkpoint's model (the shipped CamVid model when ``None``), made fast for inference on ``device``
+    (``bf16``: bf16 autocast where the hardware has fast bf16 kernels, see ``fcnseg.inference_model``)."""
     from fcnseg.checkpoint import model_from_checkpoint
     from fcnseg.default_model import default_checkpoint_path
     from fcnseg.fast import inference_model
@@ -313,4 +314,4 @@ def load_serving_model(checkpoint: str | Path | None = None, *,
     if meta.in_channels != 3:
         raise ValueError(f"fcnseg serve segments RGB photos; {meta.model} takes {meta.in_channels} input channels")
     example = torch.randn(1, meta.in_channels, 64, 96, device=device)  # batch norm folding is checked on it
-    return inference_model(model.to(device), example), meta
+    return inference_model(model.to(device), example, bf16=bf16), meta
