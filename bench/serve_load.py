@@ -45,6 +45,8 @@ def start_server(port: int, args: argparse.Namespace) -> subprocess.Popen:
         command += ["--checkpoint", args.checkpoint]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.bf16:
+        command += ["--bf16"]
     return subprocess.Popen(command, cwd=ROOT)
 
 
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: torch's)")
     parser.add_argument("--max-queue", dest="max_queue", type=int, default=32, help="the server's --max-queue")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="serve with --bf16 (fast bf16 kernels only)")
     parser.add_argument("--json-out", help="write the results as JSON here")
     args = parser.parse_args()
     levels = [int(v) for v in args.clients.split(",")]

@@ -1,4 +1,5 @@
-"""Speed of every FCN and two peers in one run: forward (eager, ``inference_model`` in float32 and in bf16),
+"""Speed of every FCN and two peers in one run: forward (eager, ``inference_model`` in float32 and in bf16,
+onnxruntime on the ``fcnseg export`` ONNX file),
 training step (forward, cross-entropy, backward, SGD step; float32, and bf16 autocast + channels_last), peak
 memory, FLOPs and share of the machine's ceiling (float32 modes against the float32 ceiling, bf16 against bf16).
 
@@ -32,8 +33,9 @@ from torch import nn
 
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-compact", "fcn-alexnet", "fcn8s-lite0", "torchfcn-fcn8s",
           "torchvision-fcn-resnet50")
-MODES = ("forward", "fast", "fast-bf16", "train", "train-bf16")
-BF16_MODES = ("fast-bf16", "train-bf16")  # timed against the bf16 ceiling
+MODES = ("forward", "fast", "fast-bf16", "fast-compile", "fast-compile-bf16", "onnxruntime", "train", "train-cl",
+         "train-bf16")
+BF16_MODES = ("fast-bf16", "fast-compile-bf16", "train-bf16")  # timed against the bf16 ceiling
 NUM_CLASSES = 21
 
 
@@ -77,9 +79,9 @@ def timed(step, *, warmup: int, reps: int) -> list[float]:
 def measure(name: str, mode: str, height: int, width: int, *, batch: int, warmup: int, reps: int) -> dict:
     """Runs in the child process: seconds per step and the extra peak RSS (MiB).
 
-    forward: ``model.eval()`` under inference_mode. fast / fast-bf16: ``fcnseg.inference_model`` (bf16=True for
-    the latter). train: SGD step in float32. train-bf16: the same step as ``fcnseg train`` with ``amp: true``
-    (bf16 autocast) and channels_last weights and inputs.
+    forward: ``model.eval()`` under inference_mode. fast, fast-bf16, fast-compile, fast-compile-bf16:
+    ``fcnseg.inference_model`` with ``bf16`` and ``compile`` as named (compiled during the warm-up, not timed). train: SGD step in float32. train-cl: the same with channels_last weights and inputs. train-bf16:
+    channels_last and bf16 autocast (``fcnseg train`` with ``amp: true``).
     """
     torch.manual_seed(0)
     x = torch.randn(batch, 3, height, width)
@@ -96,8 +98,12 @@ def measure(name: str, mode: str, height: int, width: int, *, batch: int, warmup
     if mode.startswith("train"):
         bf16 = mode == "train-bf16"
         target = torch.randint(0, NUM_CLASSES, (batch, height, width))
-        if bf16:
+        if mode in ("train-cl", "train-bf16"):
             model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        if not name.startswith(("torchfcn", "torchvision")):  # what `fcnseg train` does to its models
+            from fcnseg.models.layers import unfold_large_convolutions
+
+            unfold_large_convolutions(model)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-10, momentum=0.9)
         model.train()
 
@@ -107,13 +113,29 @@ def measure(name: str, mode: str, height: int, width: int, *, batch: int, warmup
                 logits = model(x)
             nn.functional.cross_entropy(logits.float(), target).backward()
             optimizer.step()
+    elif mode == "onnxruntime":
+        import tempfile
+
+        import onnxruntime
+
+        from fcnseg.export import export_onnx
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = export_onnx(model, Path(folder) / "model.onnx", example_size=(1, 3, 64, 96), check_sizes=())
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {"image": x.numpy()}
+
+        def step():
+            session.run(None, feed)
     else:
         model.eval()
         run = model
         if mode.startswith("fast"):
             from fcnseg.fast import inference_model
 
-            run = inference_model(model, x, bf16=mode == "fast-bf16")
+            run = inference_model(model, x, bf16=mode.endswith("bf16"), compile="compile" in mode)
 
         def step():
             with torch.inference_mode():

@@ -1,5 +1,6 @@
 """Is bf16 accurate enough? The shipped CamVid model scored on all of CamVid val in float32 and in bf16
-(``fcnseg.inference_model(..., bf16=True)``: bf16 autocast on a CPU with oneDNN bf16 kernels, e.g. AMX).
+(bf16 autocast on the ``fcnseg.inference_model`` module, as ``bf16=True`` applies it; forced on here, since
+``inference_model`` keeps it only where it is faster, which for this depthwise network it is not).
 
     OMP_NUM_THREADS=2 python experiments/bf16_camvid.py --root ../shared/data/camvid [--checkpoint C]
 
@@ -37,9 +38,8 @@ def main() -> None:
     model, meta = model_from_checkpoint(args.checkpoint or default_checkpoint_path())
     dataset = build_dataset("camvid", root=args.root, split="val", transforms=eval_transforms(normalization=meta.normalization))
     example = dataset[0][0][None]
-    runs = {"float32": inference_model(model, example), "bf16": inference_model(model, example, bf16=True)}
-    if "bf16" not in runs["bf16"].steps:
-        raise SystemExit("bf16 failed inference_model's check on the first image")
+    runs = {"float32": inference_model(model, example), "bf16": inference_model(model, example)}
+    runs["bf16"].autocast_dtype = torch.bfloat16  # forced: inference_model(bf16=True) keeps it only when faster
     confusions = {name: ConfusionMatrix(meta.num_classes) for name in runs}
     times = {name: [] for name in runs}
     changed = total = 0

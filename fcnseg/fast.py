@@ -6,22 +6,26 @@ Each speed-up is checked against the plain path (``model.eval()`` under ``torch.
 1. batch norm folded into the preceding convolution (EfficientNet-Lite: each ``SameConv2d`` + ``BatchNorm2d``
    pair; the conv gains a bias, the norm becomes ``nn.Identity``). The caller's model is left untouched.
 2. channels_last weights and inputs (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPU).
-   Reference-layout VGG16 FCNs also skip the constant part of their 100-pixel pad (``models/pad_skip.py``).
+   Reference-layout VGG16 FCNs also skip the constant part of their 100-pixel pad (``models/pad_skip.py``), and
+   the convolutionalized fc6 of VGG16/AlexNet runs as one matrix multiply (``layers.UnfoldConv2d``).
 3. optionally ``torch.compile`` with inductor's weight freezing (``compile=True``): compiled at the first call
    on ``example``; any exception, or a mismatch, falls back to step 2's module.
 4. optionally bf16 autocast (``bf16=True``; on CUDA, and on CPUs whose oneDNN has bf16 kernels, as AVX512-BF16
-   or AMX; checked with the looser ``bf16_tolerance``). On this project's AMX CPU a 3x3 convolution runs about
+   or AMX; checked with the looser ``bf16_tolerance``, and kept only if it is faster on ``example``: on this
+   project's CPU it is for the VGG16 FCNs, not for EfficientNet-Lite's depthwise or AlexNet's grouped layers). On this project's AMX CPU a 3x3 convolution runs about
    7x faster in bf16 than in float32 (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 
 import torch
 from torch import nn
 
+from fcnseg.models.layers import unfold_large_convolutions
 from fcnseg.models.pad_skip import enable_pad_skipping
 
 # (conv, batch norm) attribute pairs whose forward is ``bn(conv(x))``, per module class name.
@@ -69,7 +73,7 @@ class InferenceModule(nn.Module):
         with torch.inference_mode():
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            run = self.compiled or self.model
+            run = self.compiled if self.compiled is not None else self.model
             if self.autocast_dtype is None:
                 return run(x)
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
@@ -83,6 +87,29 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cpu":
         return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def _seconds(module: nn.Module, example: torch.Tensor) -> float:
+    """Time of one call on ``example``."""
+    started = time.perf_counter()
+    module(example)
+    if example.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def _bf16_is_faster(fast: InferenceModule, example: torch.Tensor, *, rounds: int = 3) -> bool:
+    """Whether ``fast`` runs ``example`` faster under bf16 autocast than without: fastest of ``rounds`` calls
+    each, alternating (after one untimed call each), so that a load change hits both. Leaves bf16 set."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for timed_round in range(rounds + 1):
+        for use_bf16 in (False, True):
+            fast.autocast_dtype = torch.bfloat16 if use_bf16 else None
+            seconds = _seconds(fast, example)
+            if timed_round:
+                times[use_bf16].append(seconds)
+    fast.autocast_dtype = torch.bfloat16
+    return min(times[True]) < min(times[False])
 
 
 def _max_error(module: nn.Module, expected: torch.Tensor, example: torch.Tensor) -> float:
@@ -127,6 +154,10 @@ def inference_model(
     fast.steps = (["fold_bn"] if count else []) + ["channels_last"]
     if _max_error(fast, expected, example) > tolerance:
         fast = InferenceModule(copy.deepcopy(model), channels_last=False)
+    if unfold_large_convolutions(fast.model):
+        if _max_error(fast, expected, example) > tolerance:
+            raise RuntimeError("UnfoldConv2d differs from the convolution it replaced")  # a bug, not a choice
+        fast.steps.append("unfold_fc6")
     if enable_pad_skipping(fast.model):
         if _max_error(fast, expected, example) > tolerance:
             fast.model.pad_skipper = None
@@ -138,6 +169,9 @@ def inference_model(
         fast.autocast_dtype = torch.bfloat16
         if _max_error(fast, expected, example) > bf16_tolerance:
             fast.autocast_dtype = None
+        elif not _bf16_is_faster(fast, example):  # e.g. depthwise or grouped convs, LRN: slower in bf16
+            fast.autocast_dtype = None
+            fast.steps.append("bf16 (slower: not used)")
         else:
             fast.steps.append("bf16")
     return fast.eval()

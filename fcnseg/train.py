@@ -26,6 +26,7 @@ from fcnseg.distributed import (DistContext, any_rank, barrier, global_loss, no_
                                 teardown_distributed, unwrap, wrap_model)
 from fcnseg.evaluate import evaluate
 from fcnseg.losses import loss_terms, pixel_loss_terms, segmentation_loss  # noqa: F401 - part of this module's API
+from fcnseg.models.layers import unfold_large_convolutions
 from fcnseg.models.fusion import early_fusion_from_rgb, late_fusion_from_streams
 from fcnseg.training_data import build_datasets, modalities_for, train_loader
 from fcnseg.training_setup import build_training_model, make_optimizer, pick_device
@@ -178,6 +179,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
     if getattr(model, "num_classes", info.num_classes) != info.num_classes:
         raise ValueError(f"model has {model.num_classes} classes, data set {info.name} has {info.num_classes}")
     model.to(device)
+    unfold_large_convolutions(model)  # fc6 as one GEMM on the CPU (same parameters; docs/performance.md)
     _set_training_modes(model, config)
     optimizer = make_optimizer(model, config)
     state = {"step": 0, "best_mean_iu": -1.0, "train_seconds": 0.0}
@@ -185,6 +187,8 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
         state = _restore(out, model, optimizer, config)
     if context.is_main:
         (out / "config.yaml").write_text(config_to_yaml(config))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = wrap_model(model, context=context, device=device, sync_bn=config.sync_bn)
     result = _loop(model, optimizer, train_set, val_set, meta, config, device, state, out, progress, context)
     barrier()  # every rank returns once rank 0 has written its files
@@ -199,7 +203,10 @@ def _train_step(model, optimizer, batches, meta: ModelMeta, config: TrainConfig,
         images, masks = next(batches)
         with no_sync_unless(micro == config.grad_accum - 1, model):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                outputs = model(images.to(device, non_blocking=True))
+                images = images.to(device, non_blocking=True)
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                outputs = model(images)
             terms = loss_terms(outputs, _masks_to(masks, device), ignore_index=meta.ignore_index,
                                loss_sample=config.loss_sample)
             loss, value = global_loss(terms, reduction=config.loss, grad_accum=config.grad_accum, context=context)

@@ -46,7 +46,19 @@ def test_inference_model_on_a_model_without_batch_norm():
             torch.nn.init.normal_(module.weight, std=0.02)
     x = torch.randn(1, 3, 40, 52)
     fast = inference_model(model, x)
-    assert fast.steps == ["channels_last"]
+    assert fast.steps == ["channels_last", "unfold_fc6"]
+    torch.testing.assert_close(fast(x), plain(model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_compile_is_kept_when_it_works_and_matches():
+    # A regression test: `self.compiled or self.model` once asked the compiled module for len() and so always
+    # fell back to eager. A small conv net compiles in seconds (inductor needs a C++ compiler, as CI has).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 24, 32)
+    fast = inference_model(model, x, compile=True)
+    assert fast.steps == ["channels_last", "compile"] and fast.compiled is not None
     torch.testing.assert_close(fast(x), plain(model, x), rtol=1e-4, atol=1e-4)
 
 
@@ -141,3 +153,19 @@ def test_compact_fcn8s_scores_each_pixel_with_the_cell_centred_on_it(score_layer
     # The impulse lands there too (input odd-sized, padded inside; cell far enough from the border).
     height = int(centre + 1.5 * stride + 3) | 1
     assert impulse_centroid(model, score_layer, height, height + 6, cell) == pytest.approx(centre, abs=1e-6)
+
+
+def test_bf16_speed_check_compares_alternating_timings(monkeypatch):
+    import fcnseg.fast as fast_module
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    fast = fast_module.InferenceModule(Probe(), channels_last=False)
+    # bf16 calls take 1 s, float32 calls 2 s: bf16 is faster.
+    monkeypatch.setattr(fast_module, "_seconds", lambda module, x: 1.0 if module.autocast_dtype else 2.0)
+    assert fast_module._bf16_is_faster(fast, torch.zeros(1))
+    assert fast.autocast_dtype == torch.bfloat16
+    monkeypatch.setattr(fast_module, "_seconds", lambda module, x: 3.0 if module.autocast_dtype else 2.0)
+    assert not fast_module._bf16_is_faster(fast, torch.zeros(1))

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import fcnseg.fast as fast_module
 from fcnseg.fast import bf16_supported, inference_model
 from fcnseg.models import FCN8s, FCN8sAtOnce, FCN16s, FCN32s
 from fcnseg.models.pad_skip import CACHED_SIZES, enable_pad_skipping, plan_axis
@@ -100,14 +101,22 @@ def test_inference_model_skips_the_pad_of_reference_vgg_only(fcn8s):
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no oneDNN bf16 kernels on this CPU")
-def test_bf16_inference_with_pad_skipping_stays_close(fcn8s):
+def test_bf16_inference_with_pad_skipping_stays_close(fcn8s, monkeypatch):
     example = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(6))
     fcn8s.pad_skipper = None
     with torch.no_grad():
         expected = fcn8s(example)
+    monkeypatch.setattr(fast_module, "_bf16_is_faster", lambda module, x: True)
     fast = inference_model(fcn8s, example, bf16=True)
     assert {"pad_skip", "bf16"} <= set(fast.steps)
     got = fast(example)
     assert got.dtype == torch.float32
     assert relative_error(got, expected) < 5e-2
     assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.95
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no oneDNN bf16 kernels on this CPU")
+def test_bf16_is_dropped_when_it_is_not_faster(fcn8s, monkeypatch):
+    monkeypatch.setattr(fast_module, "_bf16_is_faster", lambda module, x: False)
+    fast = inference_model(fcn8s, torch.randn(1, 3, 48, 64), bf16=True)
+    assert fast.autocast_dtype is None and "bf16 (slower: not used)" in fast.steps

@@ -64,6 +64,7 @@ def page():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
+        page.set_default_timeout(60_000)  # a loaded 2-core CI machine can be slow; failures still fail
         yield page
         browser.close()
 
@@ -78,7 +79,7 @@ def test_upload_shows_overlay_label_map_legend_and_timing(server_url, page, tmp_
     assert "tiny-test" in page.inner_text("#model-name")
 
     page.set_input_files("#file", str(photo))
-    page.wait_for_selector("#overlay-labels[src^='data:image/png']", state="visible", timeout=15_000)
+    page.wait_for_selector("#overlay-labels[src^='data:image/png']", state="visible", timeout=60_000)
     page.wait_for_function("document.getElementById('overlay-labels').naturalWidth === 90")
     assert page.is_visible("#overlay-photo") and page.is_visible("#label-image") and page.is_visible("#input-image")
     assert page.eval_on_selector("#label-image", "img => img.naturalHeight") == 60
@@ -102,5 +103,5 @@ def test_a_bad_file_shows_the_servers_error(server_url, page, tmp_path):
     bad.write_text("not really a picture")
     page.goto(server_url + "/")
     page.set_input_files("#file", str(bad))
-    page.wait_for_selector("#error", state="visible", timeout=15_000)
+    page.wait_for_selector("#error", state="visible", timeout=60_000)
     assert "Error 415" in page.inner_text("#error") and "not an image" in page.inner_text("#error")
