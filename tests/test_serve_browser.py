@@ -69,18 +69,29 @@ def page():
         browser.close()
 
 
+def wait_until(condition, timeout_s: float = 60.0) -> None:
+    """Poll ``condition()`` from Python until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for the page")
+        time.sleep(0.05)
+
+
 def test_upload_shows_overlay_label_map_legend_and_timing(server_url, page, tmp_path):
     photo = tmp_path / "street.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(photo)
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(server_url + "/")
-    page.wait_for_function("document.querySelectorAll('#legend li').length === 3")  # from GET /v1/model
+    # No wait_for_function: its string predicates are eval'd in the page, which the page's CSP forbids.
+    page.wait_for_selector("#legend li:nth-child(3)")  # the legend, from GET /v1/model
+    assert page.locator("#legend li").count() == 3
     assert "tiny-test" in page.inner_text("#model-name")
 
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#overlay-labels[src^='data:image/png']", state="visible", timeout=60_000)
-    page.wait_for_function("document.getElementById('overlay-labels').naturalWidth === 90")
+    wait_until(lambda: page.eval_on_selector("#overlay-labels", "img => img.naturalWidth") == 90)
     assert page.is_visible("#overlay-photo") and page.is_visible("#label-image") and page.is_visible("#input-image")
     assert page.eval_on_selector("#label-image", "img => img.naturalHeight") == 60
 
