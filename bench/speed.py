@@ -80,8 +80,9 @@ def measure(name: str, mode: str, height: int, width: int, *, batch: int, warmup
     """Runs in the child process: seconds per step and the extra peak RSS (MiB).
 
     forward: ``model.eval()`` under inference_mode. fast, fast-bf16, fast-compile, fast-compile-bf16:
-    ``fcnseg.inference_model`` with ``bf16`` and ``compile`` as named (compiled during the warm-up, not timed). train: SGD step in float32. train-cl: the same with channels_last weights and inputs. train-bf16:
-    channels_last and bf16 autocast (``fcnseg train`` with ``amp: true``).
+    ``fcnseg.inference_model`` with ``bf16`` and ``compile`` as named (compiled during the warm-up, not timed).
+    train: SGD step in float32. train-cl: the same with channels_last weights and inputs. train-bf16:
+    channels_last and bf16 autocast (``fcnseg train`` with ``channels_last: true`` and ``amp: true``).
     """
     torch.manual_seed(0)
     x = torch.randn(batch, 3, height, width)
@@ -143,12 +144,14 @@ def measure(name: str, mode: str, height: int, width: int, *, batch: int, warmup
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = timed(step, warmup=warmup, reps=reps)
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024  # ru_maxrss is KiB on Linux
-    return {"times": times, "peak_mib": peak_mib, "steps": getattr(run, "steps", None) if mode.startswith("fast") else None}
+    steps = getattr(run, "steps", None) if mode.startswith("fast") else None
+    return {"times": times, "peak_mib": peak_mib, "steps": steps}
 
 
 def in_subprocess(name: str, mode: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", name, mode, "--size", f"{args.size[0]}x{args.size[1]}",
-               "--threads", str(args.threads), "--batch", str(args.batch), "--warmup", str(args.warmup), "--reps", str(args.reps)]
+               "--threads", str(args.threads), "--batch", str(args.batch), "--warmup", str(args.warmup),
+               "--reps", str(args.reps)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"}
@@ -220,7 +223,8 @@ def main(argv=None) -> int:
             print(row_text(name, mode, gflop, result, ceiling), flush=True)
             rows.append({"model": name, "mode": mode, "gflop": gflop, **result})
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"size": [height, width], "threads": args.threads, "batch": args.batch,
+        Path(args.json_out).write_text(json.dumps({"size": [height, width], "threads": args.threads,
+                                                   "batch": args.batch,
                                                    "ceiling_gflops": ceilings["ceiling"] / 1e9,
                                                    "ceiling_bf16_gflops": ceilings["ceiling-bf16"] / 1e9,
                                                    "rows": rows}, indent=1))

@@ -12,8 +12,8 @@ Each speed-up is checked against the plain path (``model.eval()`` under ``torch.
    on ``example``; any exception, or a mismatch, falls back to step 2's module.
 4. optionally bf16 autocast (``bf16=True``; on CUDA, and on CPUs whose oneDNN has bf16 kernels, as AVX512-BF16
    or AMX; checked with the looser ``bf16_tolerance``, and kept only if it is faster on ``example``: on this
-   project's CPU it is for the VGG16 FCNs, not for EfficientNet-Lite's depthwise or AlexNet's grouped layers). On this project's AMX CPU a 3x3 convolution runs about
-   7x faster in bf16 than in float32 (docs/performance.md).
+   project's CPU it is for the VGG16 FCNs, not for EfficientNet-Lite's depthwise or AlexNet's grouped layers.
+   There a 3x3 convolution runs about 7x faster in bf16 than in float32 (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _max_error(module: nn.Module, expected: torch.Tensor, example: torch.Tensor)
     got = module(example).float()
     if got.shape != expected.shape:
         return float("inf")
-    return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6)).item()
+    return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-3)).item()  # all-zero logits: absolute
 
 
 def _try_compile(fast: InferenceModule, expected: torch.Tensor, example: torch.Tensor, tolerance: float) -> None:
