@@ -26,8 +26,8 @@ from fcnseg.distributed import (DistContext, any_rank, barrier, global_loss, no_
                                 teardown_distributed, unwrap, wrap_model)
 from fcnseg.evaluate import evaluate
 from fcnseg.losses import loss_terms, pixel_loss_terms, segmentation_loss  # noqa: F401 - part of this module's API
-from fcnseg.models.layers import unfold_large_convolutions
 from fcnseg.models.fusion import early_fusion_from_rgb, late_fusion_from_streams
+from fcnseg.models.layers import unfold_large_convolutions
 from fcnseg.training_data import build_datasets, modalities_for, train_loader
 from fcnseg.training_setup import build_training_model, make_optimizer, pick_device
 
