@@ -39,12 +39,12 @@ def iter_image_paths(inputs: list[str | Path]) -> Iterator[Path]:
 
 
 @torch.inference_mode()
-def predict_labels(model: nn.Module, image: torch.Tensor, *, normalization: str, device: torch.device | str = "cpu"):
-    """``(3, H, W)`` uint8 RGB -> ``(labels (H, W) int64, probabilities (K, H, W) float32)``."""
+def predict_labels(model: nn.Module, image: torch.Tensor, *, normalization: str,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(3, H, W)`` uint8 RGB -> ``(H, W)`` int64 labels on the CPU: the arg-max of the model's scores."""
     x = normalize(image.to(device), normalization).unsqueeze(0)  # (1, 3, H, W)
-    logits = model(x)[0].float()  # (K, H, W)
-    probabilities = logits.softmax(0)
-    return probabilities.argmax(0).cpu(), probabilities.cpu()
+    logits = model(x)[0]  # (K, H, W)
+    return logits.argmax(0).cpu()  # (H, W)
 
 
 def blend_overlay(image: torch.Tensor, labels: torch.Tensor, palette, *, alpha: float = 0.5) -> Image.Image:
@@ -95,7 +95,7 @@ def predict_paths(
         model = inference_model(model, torch.randn(1, in_channels, 64, 96, device=device), bf16=bf16)
     for path in iter_image_paths(inputs):
         image = read_image(path)
-        labels, _ = predict_labels(model, image, normalization=meta.normalization, device=device)
+        labels = predict_labels(model, image, normalization=meta.normalization, device=device)
         label_path = out_dir / f"{path.stem}_labels.png"
         colorize(labels, meta.palette).save(label_path)
         result = {"input": str(path), "labels": str(label_path), "overlay": None}

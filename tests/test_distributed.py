@@ -29,7 +29,6 @@ from fcnseg.evaluate import evaluate
 from fcnseg.models.zoo import build_model
 from fcnseg.train import train
 from fcnseg.training_data import train_loader
-from shapes_data import make_shapes_folder
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -95,11 +94,6 @@ def scenarios(root: str, out: str) -> None:
         train(summed, progress=False)
     finally:
         teardown_distributed()
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes_folder(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.cli import main
 from fcnseg.config import make_config
 from fcnseg.train import TrainingDiverged, train
-from shapes_data import make_shapes_folder
 
 
 def shapes_config(root, out, **changes):
@@ -22,11 +21,6 @@ def shapes_config(root, out, **changes):
     )
     values.update(changes)
     return make_config(values)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes_folder(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from fcnseg.cli import main
 from fcnseg.data.palettes import generated_palette
 from fcnseg.default_model import ASSETS
 from fcnseg.serve import ServeSettings, create_app, load_serving_model
-from fcnseg.serve.segment import decode_image, label_map
+from fcnseg.predict import predict_labels as label_map
+from fcnseg.serve.segment import decode_image
 
 NUM_CLASSES = 5
 META = ModelMeta(

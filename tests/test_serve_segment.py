@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from fcnseg.data.palettes import CAMVID_PALETTE
+from fcnseg.predict import predict_labels as label_map
 from fcnseg.serve.segment import (
-    BadImage, class_shares, decode_image, encode_result, format_bytes, format_pixels, label_map,
+    BadImage, class_shares, decode_image, encode_result, format_bytes, format_pixels,
 )
 
 

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# (block, number of 3x3 convolutions) of VGG16, as vgg.VGG16_STAGES without the widths.
-STAGES: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-REFERENCE_INPUT_PAD = 100
+from fcnseg.models.vgg import REFERENCE_INPUT_PAD, VGG16_STAGES
+
+# (block, number of 3x3 convolutions) of VGG16's stages.
+STAGES: tuple[tuple[int, int], ...] = tuple((block, count) for block, count, _ in VGG16_STAGES)
 CACHED_SIZES = 4  # background maps kept, most recently used first
 
 
@@ -124,13 +125,7 @@ class PadSkipper:
         if key in self.backgrounds:
             self.backgrounds.move_to_end(key)
             return self.backgrounds[key]
-        h = torch.zeros((1, *x.shape[1:]), device=x.device, dtype=x.dtype)
-        pools = {}
-        for block, num_convs in STAGES[:num_blocks]:
-            for i in range(1, num_convs + 1):
-                h = torch.relu(getattr(self.model, f"conv{block}_{i}")(h))
-            pools[block] = getattr(self.model, f"pool{block}")(h)
-            h = pools[block]
+        pools = self.model.stages(torch.zeros((1, *x.shape[1:]), device=x.device, dtype=x.dtype), last=num_blocks)
         self.backgrounds[key] = pools
         while len(self.backgrounds) > CACHED_SIZES:
             self.backgrounds.popitem(last=False)
@@ -159,15 +154,8 @@ class PadSkipper:
                 full = background[block].expand(h.shape[0], -1, -1, -1).clone()  # (N, C, h, w)
                 full[..., row.zone.start : row.zone.stop, col.zone.start : col.zone.stop] = h - floor
                 pools[block] = full
-        h = pools[num_skipping]
-        for block, num_convs in STAGES[num_skipping:]:
-            for i in range(1, num_convs + 1):
-                h = getattr(model, f"relu{block}_{i}")(getattr(model, f"conv{block}_{i}")(h))
-            h = getattr(model, f"pool{block}")(h)
-            pools[block] = h
-        h = model.drop6(model.relu6(model.fc6(h)))
-        h = model.drop7(model.relu7(model.fc7(h)))
-        return pools[3], pools[4], h
+        pools.update(model.stages(pools[num_skipping], first=num_skipping + 1))  # the rest, as the reference
+        return pools[3], pools[4], model.fully_connected(pools[5])
 
 
 def enable_pad_skipping(model: nn.Module) -> bool:

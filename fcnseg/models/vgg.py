@@ -98,18 +98,27 @@ class VGG16FCN(nn.Module):
         return self.plain_features(x)
 
     def plain_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pools = {}
         h = x
         if self.layout == "compact":  # (N, C, 32 * ceil(H / 32), 32 * ceil(W / 32))
             h = pad_to_multiple(x, COMPACT_SIZE_MULTIPLE)
-        for block, count, _ in VGG16_STAGES:
+        pools = self.stages(h)
+        return pools[3], pools[4], self.fully_connected(pools[5])
+
+    def stages(self, h: torch.Tensor, *, first: int = 1, last: int = 5) -> dict[int, torch.Tensor]:
+        """Run VGG stages ``first..last`` (convolutions, ReLUs, pool) from stage ``first``'s input;
+        ``{block: its pool's output}``."""
+        pools = {}
+        for block, count, _ in VGG16_STAGES[first - 1 : last]:
             for i in range(1, count + 1):
                 h = getattr(self, f"relu{block}_{i}")(getattr(self, f"conv{block}_{i}")(h))
             h = getattr(self, f"pool{block}")(h)
             pools[block] = h
-        h = self.drop6(self.relu6(self.fc6(h)))  # (N, 4096, h/32 - 6, w/32 - 6) on the padded image
-        h = self.drop7(self.relu7(self.fc7(h)))
-        return pools[3], pools[4], h
+        return pools
+
+    def fully_connected(self, pool5: torch.Tensor) -> torch.Tensor:
+        """pool5 -> drop7: the convolutionalized fc6 and fc7."""
+        h = self.drop6(self.relu6(self.fc6(pool5)))  # (N, 4096, h/32 - 6, w/32 - 6) on the padded image
+        return self.drop7(self.relu7(self.fc7(h)))
 
     def upsampling_layers(self) -> list[BilinearUpsample]:
         return [m for m in self.modules() if isinstance(m, BilinearUpsample)]

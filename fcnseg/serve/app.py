@@ -31,7 +31,8 @@ from starlette.staticfiles import StaticFiles
 from torch import nn
 
 from fcnseg.checkpoint import ModelMeta
-from fcnseg.serve.segment import BadImage, decode_image, encode_result, format_bytes, label_map
+from fcnseg.predict import predict_labels
+from fcnseg.serve.segment import BadImage, decode_image, encode_result, format_bytes
 
 STATIC_DIR = Path(__file__).parent / "static"
 IMAGE_FIELD = "image"  # the multipart field that carries the upload
@@ -162,7 +163,7 @@ async def run_inference(state: ServeState, image: torch.Tensor) -> tuple[torch.T
 
     def job():
         started = time.perf_counter()
-        labels = label_map(state.model, image, normalization=state.meta.normalization, device=state.device)
+        labels = predict_labels(state.model, image, normalization=state.meta.normalization, device=state.device)
         return labels, started - queued, time.perf_counter() - started
 
     labels, wait_s, inference_s = await asyncio.get_running_loop().run_in_executor(state.executor, job)

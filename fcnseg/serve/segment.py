@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import nn
 
 from fcnseg.data.palettes import colorize
-from fcnseg.data.transforms import normalize
 from fcnseg.predict import blend_overlay
 
 # Pillow format names that the server decodes; anything else is refused as unsupported.
@@ -99,15 +97,6 @@ def decode_image(data: bytes, *, max_pixels: int) -> torch.Tensor:
             raise BadImage(f"the {image.format} image could not be decoded (truncated or corrupt?): {error}",
                            status=422) from None
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (3, H, W)
-
-
-@torch.inference_mode()
-def label_map(model: nn.Module, image: torch.Tensor, *, normalization: str,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(3, H, W)`` uint8 RGB -> ``(H, W)`` int64 labels on the CPU: the arg-max of the model's scores."""
-    x = normalize(image.to(device), normalization).unsqueeze(0)  # (1, 3, H, W)
-    logits = model(x)[0]  # (K, H, W)
-    return logits.argmax(0).cpu()  # (H, W)
 
 
 def class_shares(labels: torch.Tensor, class_names: tuple[str, ...],
