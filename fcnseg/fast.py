@@ -5,15 +5,19 @@ Each speed-up is checked against the plain path (``model.eval()`` under ``torch.
 
 1. batch norm folded into the preceding convolution (EfficientNet-Lite: each ``SameConv2d`` + ``BatchNorm2d``
    pair; the conv gains a bias, the norm becomes ``nn.Identity``). The caller's model is left untouched.
-2. channels_last weights and inputs (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPU).
-   Reference-layout VGG16 FCNs also skip the constant part of their 100-pixel pad (``models/pad_skip.py``), and
-   the convolutionalized fc6 of VGG16/AlexNet runs as one matrix multiply (``layers.UnfoldConv2d``).
-3. optionally ``torch.compile`` with inductor's weight freezing (``compile=True``): compiled at the first call
-   on ``example``; any exception, or a mismatch, falls back to step 2's module.
-4. optionally bf16 autocast (``bf16=True``; on CUDA, and on CPUs whose oneDNN has bf16 kernels, as AVX512-BF16
-   or AMX; checked with the looser ``bf16_tolerance``, and kept only if it is faster on ``example``: on this
-   project's CPU it is for the VGG16 FCNs, not for EfficientNet-Lite's depthwise or AlexNet's grouped layers.
-   There a 3x3 convolution runs about 7x faster in bf16 than in float32 (docs/performance.md).
+2. channels_last weights and inputs (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPU), and exact
+   rewrites: EfficientNet-Lite with each convolution fused with its ReLU6 or residual add and stride-2 "same"
+   padding without copies (``models/lite_inference.py``); the convolutionalized fc6 of VGG16/AlexNet as one
+   matrix multiply (``layers.UnfoldConv2d``); fixed bilinear upsampling as a grouped transposed convolution
+   (``layers.channelwise_upsampling``); reference-layout VGG16 FCNs skip the constant part of their 100-pixel
+   pad (``models/pad_skip.py``).
+3. optionally ``torch.compile`` with inductor's weight freezing (``compile=True``; then EfficientNet-Lite is left
+   to inductor's own fusions): compiled at the first call on ``example``; any exception, or a mismatch, falls
+   back to step 2's module.
+4. optionally bf16 (``bf16=True``; on CUDA, and on CPUs whose oneDNN has bf16 kernels, as AVX512-BF16 or AMX):
+   autocast, and the fused EfficientNet-Lite computing in bf16 end to end; checked with the looser
+   ``bf16_tolerance``, and kept only if it is faster on ``example``. On this project's CPU (AMX) it is for the
+   VGG16 FCNs and EfficientNet-Lite, not for AlexNet's grouped layers and LRN (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import warnings
 import torch
 from torch import nn
 
-from fcnseg.models.layers import unfold_large_convolutions
+from fcnseg.models.layers import channelwise_upsampling, unfold_large_convolutions
+from fcnseg.models.lite_inference import FusedEfficientNetLite, fuse_lite_networks
 from fcnseg.models.pad_skip import enable_pad_skipping
 
 # (conv, batch norm) attribute pairs whose forward is ``bn(conv(x))``, per module class name.
@@ -98,18 +103,31 @@ def _seconds(module: nn.Module, example: torch.Tensor) -> float:
     return time.perf_counter() - started
 
 
-def _bf16_is_faster(fast: InferenceModule, example: torch.Tensor, *, rounds: int = 3) -> bool:
-    """Whether ``fast`` runs ``example`` faster under bf16 autocast than without: fastest of ``rounds`` calls
-    each, alternating (after one untimed call each), so that a load change hits both. Leaves bf16 set."""
-    times: dict[bool, list[float]] = {False: [], True: []}
+def bf16_variant(fast: InferenceModule) -> InferenceModule:
+    """``fast`` under bf16 autocast; a copy of its fused EfficientNet-Lite networks holds bf16 weights, so that
+    they compute in bf16 end to end (autocast does not reach their oneDNN calls)."""
+    model = fast.model
+    if any(isinstance(module, FusedEfficientNetLite) for module in model.modules()):
+        model = copy.deepcopy(model)
+        for module in model.modules():
+            if isinstance(module, FusedEfficientNetLite):
+                module.to(torch.bfloat16)
+    variant = InferenceModule(model, channels_last=fast.channels_last, autocast_dtype=torch.bfloat16)
+    variant.compiled = fast.compiled  # compile and fuse_lite exclude each other: here ``model`` is ``fast.model``
+    variant.steps = fast.steps + ["bf16"]
+    return variant
+
+
+def _is_faster(candidate: nn.Module, baseline: nn.Module, example: torch.Tensor, *, rounds: int = 3) -> bool:
+    """Whether ``candidate`` runs ``example`` faster than ``baseline``: fastest of ``rounds`` calls each,
+    alternating (after one untimed call each), so that a load change hits both."""
+    times: dict[int, list[float]] = {0: [], 1: []}
     for timed_round in range(rounds + 1):
-        for use_bf16 in (False, True):
-            fast.autocast_dtype = torch.bfloat16 if use_bf16 else None
-            seconds = _seconds(fast, example)
+        for index, module in enumerate((baseline, candidate)):
+            seconds = _seconds(module, example)
             if timed_round:
-                times[use_bf16].append(seconds)
-    fast.autocast_dtype = torch.bfloat16
-    return min(times[True]) < min(times[False])
+                times[index].append(seconds)
+    return min(times[1]) < min(times[0])
 
 
 def _max_error(module: nn.Module, expected: torch.Tensor, example: torch.Tensor) -> float:
@@ -154,10 +172,15 @@ def inference_model(
     fast.steps = (["fold_bn"] if count else []) + ["channels_last"]
     if _max_error(fast, expected, example) > tolerance:
         fast = InferenceModule(copy.deepcopy(model), channels_last=False)
-    if unfold_large_convolutions(fast.model):
-        if _max_error(fast, expected, example) > tolerance:
-            raise RuntimeError("UnfoldConv2d differs from the convolution it replaced")  # a bug, not a choice
-        fast.steps.append("unfold_fc6")
+    # Exact rewrites: a mismatch is a bug, not a choice. Inductor makes its own conv + ReLU6 / add fusions, so
+    # a model to compile keeps its plain (folded) EfficientNet-Lite.
+    rewrites = [("fuse_lite", fuse_lite_networks)] if not compile else []
+    rewrites += [("unfold_fc6", unfold_large_convolutions), ("channelwise_upsample", channelwise_upsampling)]
+    for step, rewrite in rewrites:
+        if rewrite(fast.model):
+            if _max_error(fast, expected, example) > tolerance:
+                raise RuntimeError(f"inference_model step {step!r} changed the output")
+            fast.steps.append(step)
     if enable_pad_skipping(fast.model):
         if _max_error(fast, expected, example) > tolerance:
             fast.model.pad_skipper = None
@@ -166,12 +189,10 @@ def inference_model(
     if compile:
         _try_compile(fast, expected, example, tolerance)
     if bf16 and bf16_supported(example.device):
-        fast.autocast_dtype = torch.bfloat16
-        if _max_error(fast, expected, example) > bf16_tolerance:
-            fast.autocast_dtype = None
-        elif not _bf16_is_faster(fast, example):  # e.g. depthwise or grouped convs, LRN: slower in bf16
-            fast.autocast_dtype = None
-            fast.steps.append("bf16 (slower: not used)")
-        else:
-            fast.steps.append("bf16")
+        variant = bf16_variant(fast)
+        if _max_error(variant, expected, example) <= bf16_tolerance:
+            if _is_faster(variant, fast, example):
+                fast = variant
+            else:  # e.g. AlexNet's grouped convolutions and LRN: slower in bf16
+                fast.steps.append("bf16 (slower: not used)")
     return fast.eval()

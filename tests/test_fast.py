@@ -32,7 +32,7 @@ def test_batch_norm_folding_matches_and_leaves_the_original_untouched(shipped_mo
 
 def test_inference_model_matches_plain_path_on_other_sizes(shipped_model):
     fast = inference_model(shipped_model, torch.randn(1, 3, 64, 96))
-    assert fast.steps == ["fold_bn", "channels_last"]
+    assert fast.steps == ["fold_bn", "channels_last", "fuse_lite", "channelwise_upsample"]
     for size in ((1, 3, 64, 96), (2, 3, 37, 81)):
         x = torch.randn(size)
         torch.testing.assert_close(fast(x), plain(shipped_model, x), rtol=1e-4, atol=1e-4)
@@ -46,7 +46,7 @@ def test_inference_model_on_a_model_without_batch_norm():
             torch.nn.init.normal_(module.weight, std=0.02)
     x = torch.randn(1, 3, 40, 52)
     fast = inference_model(model, x)
-    assert fast.steps == ["channels_last", "unfold_fc6"]
+    assert fast.steps == ["channels_last", "unfold_fc6", "channelwise_upsample"]
     torch.testing.assert_close(fast(x), plain(model, x), rtol=1e-4, atol=1e-4)
 
 
@@ -155,17 +155,22 @@ def test_compact_fcn8s_scores_each_pixel_with_the_cell_centred_on_it(score_layer
     assert impulse_centroid(model, score_layer, height, height + 6, cell) == pytest.approx(centre, abs=1e-6)
 
 
-def test_bf16_speed_check_compares_alternating_timings(monkeypatch):
+def test_speed_check_compares_alternating_timings(monkeypatch):
     import fcnseg.fast as fast_module
 
     class Probe(torch.nn.Module):
         def forward(self, x):
             return x
 
-    fast = fast_module.InferenceModule(Probe(), channels_last=False)
-    # bf16 calls take 1 s, float32 calls 2 s: bf16 is faster.
-    monkeypatch.setattr(fast_module, "_seconds", lambda module, x: 1.0 if module.autocast_dtype else 2.0)
-    assert fast_module._bf16_is_faster(fast, torch.zeros(1))
-    assert fast.autocast_dtype == torch.bfloat16
-    monkeypatch.setattr(fast_module, "_seconds", lambda module, x: 3.0 if module.autocast_dtype else 2.0)
-    assert not fast_module._bf16_is_faster(fast, torch.zeros(1))
+    fp32 = fast_module.InferenceModule(Probe(), channels_last=False)
+    bf16 = fast_module.InferenceModule(Probe(), channels_last=False, autocast_dtype=torch.bfloat16)
+    calls = []
+
+    def seconds(module, x):
+        calls.append(module)
+        return 1.0 if module.autocast_dtype else 2.0  # bf16 calls take 1 s, float32 calls 2 s
+
+    monkeypatch.setattr(fast_module, "_seconds", seconds)
+    assert fast_module._is_faster(bf16, fp32, torch.zeros(1))
+    assert calls[:4] == [fp32, bf16, fp32, bf16]  # alternating
+    assert not fast_module._is_faster(fp32, bf16, torch.zeros(1))

@@ -106,7 +106,7 @@ def test_bf16_inference_with_pad_skipping_stays_close(fcn8s, monkeypatch):
     fcn8s.pad_skipper = None
     with torch.no_grad():
         expected = fcn8s(example)
-    monkeypatch.setattr(fast_module, "_bf16_is_faster", lambda module, x: True)
+    monkeypatch.setattr(fast_module, "_is_faster", lambda candidate, baseline, x: True)
     fast = inference_model(fcn8s, example, bf16=True)
     assert {"pad_skip", "bf16"} <= set(fast.steps)
     got = fast(example)
@@ -117,6 +117,6 @@ def test_bf16_inference_with_pad_skipping_stays_close(fcn8s, monkeypatch):
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no oneDNN bf16 kernels on this CPU")
 def test_bf16_is_dropped_when_it_is_not_faster(fcn8s, monkeypatch):
-    monkeypatch.setattr(fast_module, "_bf16_is_faster", lambda module, x: False)
+    monkeypatch.setattr(fast_module, "_is_faster", lambda candidate, baseline, x: False)
     fast = inference_model(fcn8s, torch.randn(1, 3, 48, 64), bf16=True)
     assert fast.autocast_dtype is None and "bf16 (slower: not used)" in fast.steps
