@@ -8,7 +8,8 @@ Each speed-up is checked against the plain path (``model.eval()`` under ``torch.
 2. channels_last weights and inputs (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPU), and exact
    rewrites: EfficientNet-Lite with each convolution fused with its ReLU6 or residual add and stride-2 "same"
    padding without copies (``models/lite_inference.py``); the convolutionalized fc6 of VGG16/AlexNet as one
-   matrix multiply (``layers.UnfoldConv2d``); fixed bilinear upsampling as a grouped transposed convolution
+   matrix multiply (``layers.UnfoldConv2d``); their other convolutions fused with their ReLUs, with packed
+   weights (``models/fused.py``); fixed bilinear upsampling as a grouped transposed convolution
    (``layers.channelwise_upsampling``); reference-layout VGG16 FCNs skip the constant part of their 100-pixel
    pad (``models/pad_skip.py``).
 3. optionally ``torch.compile`` with inductor's weight freezing (``compile=True``; then EfficientNet-Lite is left
@@ -29,6 +30,7 @@ import warnings
 import torch
 from torch import nn
 
+from fcnseg.models.fused import fuse_conv_relus
 from fcnseg.models.layers import channelwise_upsampling, unfold_large_convolutions
 from fcnseg.models.lite_inference import FusedEfficientNetLite, fuse_lite_networks
 from fcnseg.models.pad_skip import enable_pad_skipping
@@ -175,7 +177,8 @@ def inference_model(
     # Exact rewrites: a mismatch is a bug, not a choice. Inductor makes its own conv + ReLU6 / add fusions, so
     # a model to compile keeps its plain (folded) EfficientNet-Lite.
     rewrites = [("fuse_lite", fuse_lite_networks)] if not compile else []
-    rewrites += [("unfold_fc6", unfold_large_convolutions), ("channelwise_upsample", channelwise_upsampling)]
+    rewrites += [("unfold_fc6", unfold_large_convolutions), ("fuse_relu", fuse_conv_relus),
+                 ("channelwise_upsample", channelwise_upsampling)]
     for step, rewrite in rewrites:
         if rewrite(fast.model):
             if _max_error(fast, expected, example) > tolerance:

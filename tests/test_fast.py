@@ -46,7 +46,7 @@ def test_inference_model_on_a_model_without_batch_norm():
             torch.nn.init.normal_(module.weight, std=0.02)
     x = torch.randn(1, 3, 40, 52)
     fast = inference_model(model, x)
-    assert fast.steps == ["channels_last", "unfold_fc6", "channelwise_upsample"]
+    assert fast.steps == ["channels_last", "unfold_fc6", "fuse_relu", "channelwise_upsample"]
     torch.testing.assert_close(fast(x), plain(model, x), rtol=1e-4, atol=1e-4)
 
 

@@ -3,9 +3,8 @@
 Two changes to a batch-norm-folded ``EfficientNetLite`` (``fcnseg.fast.fold_batch_norms``):
 
 1. On the CPU each convolution runs with its ReLU6, or with the residual add that ends an MBConv block, as one
-   oneDNN call (``torch.ops.mkldnn._convolution_pointwise``: the fused kernels that inductor's CPU backend uses
-   for the same patterns) instead of a convolution and a second pass over its output. Elsewhere (CUDA, autograd,
-   autocast, tracing) the same module runs ``F.conv2d`` then ``F.relu6`` / ``+``.
+   oneDNN call with packed weights (``fcnseg.models.fused``) instead of a convolution and a second pass over its
+   output. Elsewhere (CUDA, autograd, tracing) the same module runs ``F.conv2d`` then ``F.relu6`` / ``+``.
 2. Stride-2 "same" padding without a padded copy of the input. On an even side TensorFlow pads ``p`` before and
    ``p + 1`` after (kernel ``k = 2 p + 3``); PyTorch's convolutions pad symmetrically, so ``SameConv2d`` copies
    its input into a padded tensor, which for a depthwise layer costs more than the convolution itself. The same
@@ -25,27 +24,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from fcnseg.models.efficientnet_lite import STRIDE8_STAGE, STRIDE16_STAGE, EfficientNetLite, MBConvBlock
-
-
-def onednn_fusion_applies(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused convolution can replace ``F.conv2d`` + pointwise op for ``x``: a float32 or bf16
-    CPU tensor, and no autograd or tracing to honour."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.is_available() and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+from fcnseg.models.fused import PackedWeights, onednn_applies, onednn_convolution
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's "same" padding ``(before, after)`` of one side (as ``SameConv2d``)."""
     total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
-
-
-class PackedWeights(dict):
-    """oneDNN's packed copies of a module's weights, keyed by (which weight, dtype). ``deepcopy`` gives an empty
-    cache (packed tensors are opaque and cannot be copied; they are packed again at the next call)."""
-
-    def __deepcopy__(self, memo: dict) -> PackedWeights:
-        return type(self)()
 
 
 class FusedSameConv2d(nn.Module):
@@ -79,13 +64,6 @@ class FusedSameConv2d(nn.Module):
         self.packed = PackedWeights()
         return super()._apply(fn, recurse)
 
-    def _packed_weight(self, weight: torch.Tensor, padding: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
-        key = (weight is self.even_weight, weight.dtype)
-        if key not in self.packed:  # the layout oneDNN picks for x's size; correct (reordered again) for any size
-            self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, list(padding), [self.stride] * 2, [1, 1], self.groups, list(x.shape))
-        return self.packed[key]
-
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         k, stride = self.kernel_size, self.stride
         pads = [same_padding(size, k, stride) for size in x.shape[-2:]]  # [(top, bottom), (left, right)]
@@ -101,17 +79,13 @@ class FusedSameConv2d(nn.Module):
 
     def _convolve(self, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
                   residual: torch.Tensor | None) -> torch.Tensor:
-        stride, dilation = [self.stride, self.stride], [1, 1]
-        if onednn_fusion_applies(x) and x.dtype == weight.dtype:
-            weight = self._packed_weight(weight, padding, x)
-            if residual is not None:  # the block's projection: no activation, then + residual
-                return torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, weight, self.bias, list(padding), stride, dilation, self.groups, "add", None,
-                    None, [], None)
-            attr, scalars = ("hardtanh", [0.0, 6.0]) if self.relu6 else ("none", [])
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, self.bias, list(padding), stride, dilation, self.groups, attr, scalars, "")
-        out = F.conv2d(x, weight.to(x.dtype), self.bias.to(x.dtype), stride, padding, dilation, self.groups)
+        geometry = dict(padding=list(padding), stride=[self.stride] * 2, dilation=[1, 1], groups=self.groups)
+        if onednn_applies(x, weight):
+            packed = self.packed.get_packed((weight is self.even_weight, x.dtype), weight, input_shape=x.shape,
+                                            **geometry)
+            return onednn_convolution(x, packed, self.bias, activation="relu6" if self.relu6 else None,
+                                      residual=residual, **geometry)
+        out = F.conv2d(x, weight.to(x.dtype), self.bias.to(x.dtype), **geometry)
         if self.relu6:
             out = F.relu6(out)
         return out if residual is None else out + residual
