@@ -20,7 +20,6 @@ holds for the example's size fails there rather than later.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator, Sequence
 
@@ -29,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fcnseg.models import heads, vgg
-from fcnseg.models.efficientnet_lite import SameConv2d
+from fcnseg.models.efficientnet_lite import SameConv2d, same_padding
 
 DEFAULT_CHECK_SIZES: tuple[tuple[int, int], ...] = ((45, 71), (97, 130))
 
@@ -58,12 +57,9 @@ def same_conv_with_constant_padding(conv: SameConv2d, x: torch.Tensor) -> torch.
     to the example's; constant pads are right for every size whose sides are even at every stride-2 layer
     (all sizes inside ``BackboneFCN``, which pads to a multiple of 32). The export check catches the rest.
     """
-    pads = []
-    for size, kernel, stride in zip(x.shape[:-3:-1], conv.kernel_size[::-1], conv.stride[::-1]):
-        size = int(size)
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
-    return nn.Conv2d.forward(conv, F.pad(x, pads))
+    (top, bottom), (left, right) = (same_padding(int(size), kernel, stride)
+                                    for size, kernel, stride in zip(x.shape[-2:], conv.kernel_size, conv.stride))
+    return nn.Conv2d.forward(conv, F.pad(x, [left, right, top, bottom]))
 
 
 @contextlib.contextmanager

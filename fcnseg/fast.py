@@ -193,9 +193,10 @@ def inference_model(
         _try_compile(fast, expected, example, tolerance)
     if bf16 and bf16_supported(example.device):
         variant = bf16_variant(fast)
-        if _max_error(variant, expected, example) <= bf16_tolerance:
-            if _is_faster(variant, fast, example):
-                fast = variant
-            else:  # e.g. AlexNet's grouped convolutions and LRN: slower in bf16
-                fast.steps.append("bf16 (slower: not used)")
+        if _max_error(variant, expected, example) > bf16_tolerance:
+            fast.steps.append("bf16 (inaccurate: not used)")
+        elif _is_faster(variant, fast, example):
+            fast = variant
+        else:  # e.g. on hardware whose bf16 kernels are slow for depthwise or grouped convolutions
+            fast.steps.append("bf16 (slower: not used)")
     return fast.eval()

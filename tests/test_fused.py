@@ -64,3 +64,16 @@ def test_fusing_an_fcn_keeps_its_outputs_and_parameters(build, pairs):
         torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     assert fused.state_dict().keys() == model.state_dict().keys()
     assert fuse_conv_relus(fused) == 0  # nothing left to fuse
+
+
+def test_other_models_are_left_alone():
+    class ConvThenReLU(nn.Module):  # the naming alone does not make a model fusable
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.relu1 = nn.Conv2d(3, 4, 3), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu1(self.conv1(x))
+
+    model = ConvThenReLU()
+    assert fuse_conv_relus(model) == 0 and type(model.conv1) is nn.Conv2d

@@ -118,6 +118,13 @@ def stage_plan(variant: LiteVariant) -> list[StageSpec]:
     return plan
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding ``(before, after)`` of one side: ``ceil(size / stride)`` outputs, the odd
+    pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow's ``padding="same"``: output ``ceil(n / stride)``, extra pixel after."""
 
@@ -125,14 +132,25 @@ class SameConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, kernel, stride in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
-            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-            pads += [total // 2, total - total // 2]  # (left, right), then (top, bottom)
-        left, right, top, bottom = pads
+        (top, bottom), (left, right) = (same_padding(size, kernel, stride)
+                                        for size, kernel, stride in zip(x.shape[-2:], self.kernel_size, self.stride))
         if left == right and top == bottom:  # every stride-1 conv: the convolution's own padding, no copy
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
-        return super().forward(F.pad(x, pads))
+        return super().forward(F.pad(x, [left, right, top, bottom]))
+
+
+def run_blocks(blocks: nn.ModuleList, stage_ends: list[int], h: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the MBConv ``blocks`` on the stem's output ``h``; ``(f8, f16, last)``: the ends of the stride-8 and
+    stride-16 stages (``stage_ends`` holds each stage's last block) and the last block's output."""
+    stride8_end, stride16_end = stage_ends[STRIDE8_STAGE], stage_ends[STRIDE16_STAGE]
+    for index, block in enumerate(blocks):
+        h = block(h)
+        if index == stride8_end:
+            f8 = h  # (N, C8, H/8, W/8)
+        elif index == stride16_end:
+            f16 = h  # (N, C16, H/16, W/16)
+    return f8, f16, h  # last: (N, C_last, H/32, W/32)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -219,13 +237,7 @@ class EfficientNetLite(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(N, 3, H, W) -> (f8, f16, f32)``, of ``ceil(H / s) x ceil(W / s)`` cells at stride ``s``."""
         h = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)  # (N, 32, H/2, W/2)
-        stride8_end, stride16_end = self.stage_ends[STRIDE8_STAGE], self.stage_ends[STRIDE16_STAGE]
-        for index, block in enumerate(self._blocks):
-            h = block(h)
-            if index == stride8_end:
-                f8 = h  # (N, C8, H/8, W/8)
-            elif index == stride16_end:
-                f16 = h  # (N, C16, H/16, W/16)
+        f8, f16, h = run_blocks(self._blocks, self.stage_ends, h)
         f32 = F.relu6(self._bn1(self._conv_head(h)), inplace=True)  # (N, 1280, H/32, W/32)
         return f8, f16, f32
 

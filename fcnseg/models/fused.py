@@ -18,6 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fcnseg.models.alexnet import FCNAlexNet
+from fcnseg.models.vgg import VGG16FCN
+
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a fused oneDNN call may replace the plain path for input ``x`` and ``weight``."""
@@ -81,15 +84,17 @@ class ConvReLU2d(nn.Conv2d):
 
 
 def fuse_conv_relus(model: nn.Module) -> int:
-    """Swap, in place, each plain ``nn.Conv2d`` child named ``conv<s>`` or ``fc<s>`` whose sibling ``relu<s>`` is
-    an ``nn.ReLU`` (the VGG16 and AlexNet FCNs' naming, as the reference's) for a ``ConvReLU2d`` sharing its
-    parameters, and that ReLU for ``nn.Identity``. Returns how many pairs were fused.
+    """In every VGG16 or AlexNet FCN inside ``model``, swap (in place) each plain ``nn.Conv2d`` named ``conv<s>``
+    or ``fc<s>`` whose sibling ``relu<s>`` is an ``nn.ReLU`` for a ``ConvReLU2d`` sharing its parameters, and
+    that ReLU for ``nn.Identity``. Returns how many pairs were fused.
 
-    The names say the order: ``relu<s>`` is applied to ``conv<s>``'s output and nothing else reads that output
-    before it (true of every FCN here; the inference check of ``fcnseg.inference_model`` would catch otherwise).
+    In these models (and the reference's prototxts they follow) the names say the order: ``relu<s>`` is applied
+    to ``conv<s>``'s output, in place, and nothing reads that output before it. Other models are left alone.
     """
     fused = 0
     for parent in list(model.modules()):
+        if not isinstance(parent, (VGG16FCN, FCNAlexNet)):
+            continue
         children = dict(parent.named_children())
         for name, child in children.items():
             if type(child) is not nn.Conv2d:

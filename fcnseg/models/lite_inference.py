@@ -17,20 +17,12 @@ Two changes to a batch-norm-folded ``EfficientNetLite`` (``fcnseg.fast.fold_batc
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fcnseg.models.efficientnet_lite import STRIDE8_STAGE, STRIDE16_STAGE, EfficientNetLite, MBConvBlock
+from fcnseg.models.efficientnet_lite import EfficientNetLite, MBConvBlock, run_blocks, same_padding
 from fcnseg.models.fused import PackedWeights, onednn_applies, onednn_convolution
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "same" padding ``(before, after)`` of one side (as ``SameConv2d``)."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 class FusedSameConv2d(nn.Module):
@@ -134,13 +126,7 @@ class FusedEfficientNetLite(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.stem(x.to(self.stem.weight.dtype))  # (N, 32, H/2, W/2)
-        stride8_end, stride16_end = self.stage_ends[STRIDE8_STAGE], self.stage_ends[STRIDE16_STAGE]
-        for index, block in enumerate(self.blocks):
-            h = block(h)
-            if index == stride8_end:
-                f8 = h  # (N, C8, H/8, W/8)
-            elif index == stride16_end:
-                f16 = h  # (N, C16, H/16, W/16)
+        f8, f16, h = run_blocks(self.blocks, self.stage_ends, h)
         return f8, f16, self.head(h)  # f32: (N, 1280, H/32, W/32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
