@@ -90,3 +90,16 @@ def test_lite_normalization_is_127_over_128():
     assert torch.allclose(x, (image.float() - 127) / 128)
     assert torch.equal(denormalize(x, "lite"), image)
 
+
+
+def test_depthwise_convolutions_stay_float32_under_cpu_autocast():
+    # oneDNN's bf16 depthwise backward is several times slower than float32 on the CPU: SameConv2d keeps it there.
+    torch.manual_seed(0)
+    depthwise, dense = SameConv2d(4, 4, 3, stride=2, groups=4), SameConv2d(4, 6, 1)
+    x = torch.randn(1, 4, 8, 10, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = depthwise(x)
+        assert out.dtype == torch.float32 and dense(x).dtype == torch.bfloat16
+    torch.testing.assert_close(out, depthwise(x))  # the float32 result, exactly
+    out.sum().backward()
+    assert x.grad is not None

@@ -132,6 +132,13 @@ class SameConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups > 1 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN's bf16 depthwise backward is 4-8x slower than float32 (docs/performance.md): keep it in float32.
+            with torch.autocast("cpu", enabled=False):
+                return self._same_conv(x.float())
+        return self._same_conv(x)
+
+    def _same_conv(self, x: torch.Tensor) -> torch.Tensor:
         (top, bottom), (left, right) = (same_padding(size, kernel, stride)
                                         for size, kernel, stride in zip(x.shape[-2:], self.kernel_size, self.stride))
         if left == right and top == bottom:  # every stride-1 conv: the convolution's own padding, no copy
