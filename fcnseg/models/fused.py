@@ -61,18 +61,23 @@ def onednn_convolution(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch
         x, packed_weight, bias, padding, stride, dilation, groups, attr, scalars, "")
 
 
-class ConvReLU2d(nn.Conv2d):
-    """``relu(conv(x))``: an ``nn.Conv2d`` (same parameters and state dict) that applies its ReLU itself, in one
-    oneDNN call with packed weights where ``onednn_applies``. The packed copy is taken at the first such call;
-    change the weights in place afterwards and ``packed.clear()`` must follow (``.to()`` and friends clear it)."""
+class PackedWeightsOwner(nn.Module):
+    """Base of a module that keeps oneDNN-packed copies of its weights in ``self.packed``, taken at its first
+    oneDNN call. Conversions and moves (``.to()``, ``.float()``, ``.cuda()``, ...) drop them, as they would be
+    copies of the old tensors; after changing the weights in place, ``packed.clear()`` must follow."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.packed = PackedWeights()
 
-    def _apply(self, fn, recurse=True):  # .to(), .float(), .cuda(), ...: packed copies of old tensors are stale
+    def _apply(self, fn, recurse=True):
         self.packed = PackedWeights()
         return super()._apply(fn, recurse)
+
+
+class ConvReLU2d(PackedWeightsOwner, nn.Conv2d):
+    """``relu(conv(x))``: an ``nn.Conv2d`` (same parameters and state dict) that applies its ReLU itself, in one
+    oneDNN call with packed weights where ``onednn_applies``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str) or not onednn_applies(x, self.weight):

@@ -22,18 +22,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from fcnseg.models.efficientnet_lite import EfficientNetLite, MBConvBlock, run_blocks, same_padding
-from fcnseg.models.fused import PackedWeights, onednn_applies, onednn_convolution
+from fcnseg.models.fused import PackedWeightsOwner, onednn_applies, onednn_convolution
 
 
-class FusedSameConv2d(nn.Module):
+class FusedSameConv2d(PackedWeightsOwner):
     """A folded ``SameConv2d`` (weight and bias) with an optional ReLU6, and an optional residual added last.
 
     ``forward((N, C, H, W), residual=None) -> (N, C_out, ceil(H / s), ceil(W / s))``.
 
     On the CPU the weights are reordered into oneDNN's blocked layout once, at the first call, instead of at every
-    call (for a 192 -> 1152 1x1 convolution at 12x15 that reordering is a quarter of the call). The packed copies
-    are dropped whenever the module's tensors are converted or moved (``.to``, ``.float``, ...); the buffers
-    themselves are not meant to be changed in place.
+    call (for a 192 -> 1152 1x1 convolution at 12x15 that reordering is a quarter of the call); the buffers are
+    not meant to be changed in place afterwards (``PackedWeightsOwner``).
     """
 
     def __init__(self, conv: nn.Conv2d, *, relu6: bool):
@@ -50,11 +49,6 @@ class FusedSameConv2d(nn.Module):
         self.stride = conv.stride[0]
         self.groups = conv.groups
         self.relu6 = relu6
-        self.packed = PackedWeights()
-
-    def _apply(self, fn, recurse=True):  # .to(), .float(), .cuda(), ...: packed copies of the old tensors are stale
-        self.packed = PackedWeights()
-        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         k, stride = self.kernel_size, self.stride
