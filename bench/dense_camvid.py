@@ -23,7 +23,7 @@ from fcnseg.checkpoint import ModelMeta, model_from_checkpoint
 from fcnseg.data import build_dataset, eval_transforms
 from fcnseg.dense import dense_logits, rarefy, score_centre, shift_and_stitch
 from fcnseg.metrics import ConfusionMatrix
-from fcnseg.models.zoo import MODEL_BUILDERS, build_model
+from fcnseg.models.registry import MODEL_SPECS, build_model
 
 VGG16_SKIP_MODELS = ("fcn16s", "fcn8s", "fcn8s-atonce")
 
@@ -33,7 +33,7 @@ def fcn32s_name(model_name: str) -> str:
     if model_name in VGG16_SKIP_MODELS:
         return "fcn32s"
     name = "fcn32s-" + model_name.partition("-")[2]
-    if name not in MODEL_BUILDERS:
+    if name not in MODEL_SPECS:
         raise ValueError(f"the zoo has no FCN-32s on the trunk of {model_name!r} (looked for {name!r})")
     return name
 

@@ -12,7 +12,7 @@ resident memory the forward or training step needs (warm-up included, which does
 Times: median, min and max of ``--reps`` runs after ``--warmup`` runs (``time.perf_counter``).
 The ceiling is one 3x3 convolution 256->256 on 128x128, channels_last, timed the same way in the same run, in
 float32 and under bf16 autocast (oneDNN's AMX kernels where the CPU has them). ``--batch`` sets the images per step.
-Peers: torchfcn 1.9.7's FCN8s (its ``models`` subpackage imported on its own, as tests/test_reference_port.py
+Peers: torchfcn 1.9.7's FCN8s (its ``models`` subpackage imported on its own, as tests/models/test_reference_port.py
 does) and torchvision's ``fcn_resnet50(weights=None, weights_backbone=None)`` (its ``"out"`` logits).
 """
 
@@ -42,7 +42,7 @@ NUM_CLASSES = 21
 def build(name: str) -> nn.Module:
     """A randomly initialized model that returns ``(N, 21, H, W)`` logits."""
     if name == "torchfcn-fcn8s":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
         from test_reference_port import import_torchfcn_models
 
         return import_torchfcn_models().FCN8s(n_class=NUM_CLASSES)
@@ -134,7 +134,7 @@ def measure(name: str, mode: str, height: int, width: int, *, batch: int, warmup
         model.eval()
         run = model
         if mode.startswith("fast"):
-            from fcnseg.fast import inference_model
+            from fcnseg.inference import inference_model
 
             run = inference_model(model, x, bf16=mode.endswith("bf16"), compile="compile" in mode)
 
@@ -159,7 +159,7 @@ def in_subprocess(name: str, mode: str, args: argparse.Namespace) -> dict:
 
 
 def flops_of(name: str, height: int, width: int) -> int:
-    from fcnseg.summary import count_flops
+    from fcnseg.stats import count_flops
 
     with torch.device("meta"):
         model = build(name)

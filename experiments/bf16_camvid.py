@@ -19,10 +19,9 @@ import time
 
 import torch
 
-from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.checkpoint import default_checkpoint_path, model_from_checkpoint
 from fcnseg.data import build_dataset, eval_transforms
-from fcnseg.default_model import default_checkpoint_path
-from fcnseg.fast import bf16_supported, bf16_variant, inference_model
+from fcnseg.inference import bf16_supported, bf16_variant, inference_model
 from fcnseg.metrics import ConfusionMatrix
 
 

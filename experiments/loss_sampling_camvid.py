@@ -4,12 +4,12 @@
         --out runs/loss-sampling
 
 The paper emulates patch sampling by keeping each final-layer cell's loss with probability P (``loss_sample``,
-``fcnseg.train.segmentation_loss``: independent 32x32 cells of the output, a fresh draw per image and step) and,
+``fcnseg.training.loop.segmentation_loss``: independent 32x32 cells of the output, a fresh draw per image and step) and,
 for the left plot of its Figure 5, raises the number of images per batch to 1 / P times as many so that the
 expected number of kept cells per step stays the same. Its finding: sampling does not speed up convergence per
 iteration and, needing more images per step, is slower in wall-clock time; whole images are just as effective.
 
-Each variant trains ``fcn8s-lite0`` from ImageNet weights with ``fcnseg.train.train`` for the same number of steps
+Each variant trains ``fcn8s-lite0`` from ImageNet weights with ``fcnseg.training.loop.train`` for the same number of steps
 (or ``--minutes`` of training time each), validating every ``--val-every`` steps. Written to ``--out``: one run
 folder per variant, ``results.json`` (mean IU against step and training minutes; validation time not counted) and
 ``curves.png``. ``--same-batch`` keeps the batch size fixed instead (fewer kept cells per step when P < 1).
@@ -26,8 +26,8 @@ import csv
 import json
 from pathlib import Path
 
-from fcnseg.config import make_config
-from fcnseg.train import train
+from fcnseg.training.config import make_config
+from fcnseg.training.loop import train
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def base_config(args: argparse.Namespace) -> dict:
-    """The config keys every variant shares (fcnseg.config.TrainConfig), from the budget arguments."""
+    """The config keys every variant shares (fcnseg.training.config.TrainConfig), from the budget arguments."""
     return {
         "model": args.model, "dataset": "camvid", "root": args.root, "recipe": "modern", "pretrained_backbone": True,
         "iters": args.iters, "time_budget_minutes": args.minutes, "batch_size": args.batch_size,

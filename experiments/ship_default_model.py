@@ -10,8 +10,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from fcnseg.checkpoint import inference_checkpoint, load_checkpoint, save_atomically
-from fcnseg.default_model import ASSETS, DEFAULT_CHECKPOINT
+from fcnseg.checkpoint import ASSETS, DEFAULT_CHECKPOINT, inference_checkpoint, load_checkpoint, save_atomically
 
 EXAMPLES = ("0016E5_07959.png", "0016E5_07997.png", "0016E5_08117.png")
 

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python experiments/table1.py --threads 2 --repeats 3 [--no-time] [--json table1.json]
 
-Every figure but the forward time comes from ``fcnseg.model_stats`` on the module (21 classes, PASCAL VOC's),
+Every figure but the forward time comes from ``fcnseg.stats`` on the module (21 classes, PASCAL VOC's),
 next to the paper's. Mean IU (VOC 2011 val) is the paper's only: it needs the trained models.
 """
 
@@ -13,8 +13,8 @@ import json
 
 import torch
 
-from fcnseg.model_stats import model_stats
-from fcnseg.models.zoo import build_model
+from fcnseg.models.registry import build_model
+from fcnseg.stats import model_stats
 
 # model -> (paper's name, mean IU, forward ms on a K40c at 500x500, conv layers, parameters (M), rf size, max stride)
 PAPER: dict[str, tuple] = {

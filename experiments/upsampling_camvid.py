@@ -17,7 +17,7 @@ Variants, all ``fcn8s-lite0`` from ImageNet weights with the same budget (``expe
                    (docs/paper.md). So this variant isolates the border behaviour, the one difference left.
 
 The ``interpolate`` variant has no config key (upsampling is a model property; no option was added for one
-experiment): during its run this script wraps ``fcnseg.train.build_training_model`` so that the model it returns
+experiment): during its run this script wraps ``fcnseg.training.loop.build_training_model`` so that the model it returns
 gets the replacement, and restores it afterwards. Its checkpoints load into a plain ``fcn8s-lite0`` (same keys),
 which then upsamples by deconvolution again.
 """
@@ -30,12 +30,12 @@ import json
 from pathlib import Path
 
 import torch
+from loss_sampling_camvid import add_budget_arguments, base_config, check_variants, plot_curves, run_variants
 from torch import nn
 from torch.nn import functional as F
 
-import fcnseg.train
+import fcnseg.training.loop
 from fcnseg.models.layers import BilinearUpsample
-from loss_sampling_camvid import add_budget_arguments, base_config, check_variants, plot_curves, run_variants
 
 
 def interpolate_like_deconvolution(x: torch.Tensor, *, factor: int, kernel_size: int, mode: str) -> torch.Tensor:
@@ -89,18 +89,18 @@ def check_equivalence(module: BilinearUpsample) -> None:
 
 @contextlib.contextmanager
 def interpolating_training_models():
-    """While active, ``fcnseg.train.train`` builds models whose upsampling is ``ClampedBilinearUpsample``."""
-    original = fcnseg.train.build_training_model
+    """While active, ``fcnseg.training.loop.train`` builds models whose upsampling is ``ClampedBilinearUpsample``."""
+    original = fcnseg.training.loop.build_training_model
 
     def build(config):
         model, normalization = original(config)
         return use_interpolation(model), normalization
 
-    fcnseg.train.build_training_model = build
+    fcnseg.training.loop.build_training_model = build
     try:
         yield
     finally:
-        fcnseg.train.build_training_model = original
+        fcnseg.training.loop.build_training_model = original
 
 
 def upsampling_variants(args: argparse.Namespace) -> dict[str, dict]:

@@ -1,7 +1,7 @@
 """fcnseg: Fully Convolutional Networks for Semantic Segmentation (Long, Shelhamer, Darrell) in PyTorch."""
 
 from fcnseg.convolutionalize import convolutionalize
-from fcnseg.fast import inference_model
+from fcnseg.inference import inference_model
 from fcnseg.metrics import ConfusionMatrix
 from fcnseg.models import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, FCNAlexNet, build_model
 

@@ -16,15 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fcnseg.models.zoo import ALL_MODEL_BUILDERS, build_model
+from fcnseg.models.registry import MODEL_SPECS, build_model, model_spec
 
 CHECKPOINT_FORMAT = "fcnseg-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
-VOC_CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "fcn8s-lite0-camvid.pt"  # the model that ships inside the package
 
 
 class CheckpointError(ValueError):
@@ -99,8 +97,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"{path}: checkpoint format version {version!r} is newer than this fcnseg reads "
             f"({CHECKPOINT_FORMAT_VERSION}); upgrade fcnseg"
         )
-    if checkpoint.get("model") not in ALL_MODEL_BUILDERS:
-        known = ", ".join(ALL_MODEL_BUILDERS)
+    if checkpoint.get("model") not in MODEL_SPECS:
+        known = ", ".join(MODEL_SPECS)
         raise CheckpointError(f"{path}: unknown model {checkpoint.get('model')!r} (known: {known})")
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path}: checkpoint has no state_dict")
@@ -115,10 +113,11 @@ def meta_from_checkpoint(checkpoint: dict) -> ModelMeta:
     if num_classes < 1:
         raise CheckpointError("checkpoint lacks model_args.num_classes")
     from fcnseg.data.palettes import generated_palette, voc_palette
+    from fcnseg.data.voc import VOC_CLASSES
 
-    default_names = VOC_CLASS_NAMES if num_classes == 21 else tuple(f"class{i}" for i in range(num_classes))
+    default_names = VOC_CLASSES if num_classes == 21 else tuple(f"class{i}" for i in range(num_classes))
     default_palette = voc_palette(num_classes) if num_classes == 21 else generated_palette(num_classes)
-    default_normalization = getattr(ALL_MODEL_BUILDERS[checkpoint["model"]], "normalization", "caffe")
+    default_normalization = model_spec(checkpoint["model"]).normalization
     return ModelMeta(
         model=checkpoint["model"],
         num_classes=num_classes,
@@ -184,3 +183,12 @@ def inference_checkpoint(checkpoint: dict, *, half: bool = True, **extra) -> dic
     }
     slim.update(extra)
     return slim
+
+
+def default_checkpoint_path() -> Path:
+    """The shipped model (FCN-8s on EfficientNet-Lite0, trained on CamVid), inside the package."""
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise FileNotFoundError(
+            f"no --checkpoint given and the shipped model {DEFAULT_CHECKPOINT} is missing from this install"
+        )
+    return DEFAULT_CHECKPOINT

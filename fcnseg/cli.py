@@ -19,7 +19,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from fcnseg.summary import model_table
+    from fcnseg.stats import model_table
 
     height, width = args.size
     print(f"{'model':<22}{'params':>12}{'GFLOPs @' + f'{height}x{width}':>18}  description")
@@ -59,9 +59,9 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fcnseg.config import load_config, parse_overrides
     from fcnseg.distributed import context_from_env
-    from fcnseg.train import train
+    from fcnseg.training import train
+    from fcnseg.training.config import load_config, parse_overrides
 
     overrides = parse_overrides(args.overrides)
     for key in ("model", "dataset", "root", "iters", "batch_size", "out", "recipe", "loss_sample"):
@@ -79,7 +79,7 @@ def _load_model(checkpoint: str | None):
     from fcnseg.checkpoint import model_from_checkpoint
 
     if checkpoint is None:
-        from fcnseg.default_model import default_checkpoint_path
+        from fcnseg.checkpoint import default_checkpoint_path
 
         checkpoint = default_checkpoint_path()
     return model_from_checkpoint(checkpoint)
@@ -89,8 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from fcnseg.data import build_dataset, eval_transforms
+    from fcnseg.distributed import pick_device
     from fcnseg.evaluate import evaluate, format_scores
-    from fcnseg.training_setup import pick_device
 
     model, meta = _load_model(args.checkpoint)
     device = pick_device(args.device)
@@ -113,8 +113,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from fcnseg.distributed import pick_device
     from fcnseg.predict import predict_paths
-    from fcnseg.training_setup import pick_device
 
     model, meta = _load_model(args.checkpoint)
     results = predict_paths(
@@ -154,8 +154,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from fcnseg.distributed import pick_device
     from fcnseg.serve import ServeSettings, create_app, load_serving_model
-    from fcnseg.training_setup import pick_device
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -33,6 +33,16 @@ import torch.distributed as dist
 from torch import nn
 
 
+def pick_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; otherwise the named device, which must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
 @dataclass(frozen=True)
 class DistContext:
     """This process's place in the run; ``world_size == 1`` is a plain single-process run."""

@@ -4,8 +4,8 @@ ONNX uses the TorchScript-based exporter (``dynamo=False``) with ``dynamic_axes`
 shapes as graph values, so the crops (``crop_like``) follow the input's size. Two things it cannot see
 through are Python arithmetic on sizes (``math.ceil``, ``max``), which it bakes in as constants:
 
-- ``BackboneFCN``'s ``pad_to_multiple`` (``-width % 32``, passed to ``F.pad`` as ints). During export it is
-  replaced by an equivalent that pads by 31 and slices to ``ceil(H / 32) * 32``, which traces symbolically.
+- ``BackboneFCN``'s ``pad_to_multiple`` (``-width % 32``, passed to ``F.pad`` as ints). Under tracing it pads by
+  31 and slices to ``ceil(H / 32) * 32`` instead, which traces symbolically (``fcnseg.models.layers``).
 - EfficientNet-Lite's ``SameConv2d`` ("same" padding from ``math.ceil``). Inside ``BackboneFCN`` every input
   side is a multiple of 32, where these paddings are the same for every size, so the baked constants are right.
 
@@ -27,27 +27,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fcnseg.models import heads, vgg
-from fcnseg.models.efficientnet_lite import SameConv2d, same_padding
+from fcnseg.models.efficientnet_lite import SameConv2d
+from fcnseg.models.layers import same_padding
 
 DEFAULT_CHECK_SIZES: tuple[tuple[int, int], ...] = ((45, 71), (97, 130))
 
 
 class ExportError(RuntimeError):
     """The exported model does not reproduce PyTorch's outputs at some input size."""
-
-
-def traceable_pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """``heads.pad_to_multiple`` written with shape arithmetic the ONNX tracer records: same output."""
-    height, width = x.shape[-2:]  # 0-dim tensors while the ONNX exporter traces, ints otherwise
-    padded = F.pad(x, [0, multiple - 1, 0, multiple - 1])
-    return padded[..., : _round_up(height, multiple), : _round_up(width, multiple)]
-
-
-def _round_up(size: int | torch.Tensor, multiple: int) -> int | torch.Tensor:
-    if isinstance(size, torch.Tensor):  # ``//`` on a traced size is baked in; ``torch.div`` is recorded
-        return torch.div(size + multiple - 1, multiple, rounding_mode="floor") * multiple
-    return (size + multiple - 1) // multiple * multiple
 
 
 def same_conv_with_constant_padding(conv: SameConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -64,16 +51,13 @@ def same_conv_with_constant_padding(conv: SameConv2d, x: torch.Tensor) -> torch.
 
 @contextlib.contextmanager
 def traceable_shapes() -> Iterator[None]:
-    """Swap in the traceable ``pad_to_multiple`` and ``SameConv2d`` padding while exporting."""
-    original_pad, original_same = heads.pad_to_multiple, SameConv2d.forward
-    original_vgg_pad = vgg.pad_to_multiple
-    heads.pad_to_multiple = vgg.pad_to_multiple = traceable_pad_to_multiple
+    """Swap in ``SameConv2d`` padding taken as constants while exporting."""
+    original_same = SameConv2d.forward
     SameConv2d.forward = same_conv_with_constant_padding
     try:
         yield
     finally:
-        heads.pad_to_multiple, SameConv2d.forward = original_pad, original_same
-        vgg.pad_to_multiple = original_vgg_pad
+        SameConv2d.forward = original_same
 
 
 def export_onnx(

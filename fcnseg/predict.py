@@ -18,7 +18,7 @@ from fcnseg.data.base import DataError, read_image
 from fcnseg.data.palettes import colorize
 from fcnseg.data.transforms import normalize
 from fcnseg.dense import rarefy
-from fcnseg.fast import inference_model
+from fcnseg.inference import inference_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -6,14 +6,12 @@ schema under test, so the field numbers in ``fcnseg.caffe.proto`` are checked in
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from fcnseg.caffe import caffe_to_state_dict, convert_caffemodel, read_caffemodel
-from fcnseg.caffe import proto
+from fcnseg.caffe import caffe_to_state_dict, convert_caffemodel, proto, read_caffemodel
 from fcnseg.models import BilinearUpsample, FCNAlexNet, bilinear_kernel, build_model
 
 LEN = 2  # wire type of length-delimited fields (strings, messages, packed repeated)

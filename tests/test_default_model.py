@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.checkpoint import ASSETS, default_checkpoint_path, load_checkpoint, model_from_checkpoint
 from fcnseg.cli import main
 from fcnseg.data.palettes import CAMVID_PALETTE
-from fcnseg.default_model import ASSETS, default_checkpoint_path
-from fcnseg.fast import bf16_supported
+from fcnseg.inference import bf16_supported
 
 # The real CamVid sits beside the checkout (../shared/data/camvid); FCNSEG_CAMVID_ROOT overrides.
 CAMVID = Path(os.environ.get("FCNSEG_CAMVID_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"))

@@ -22,13 +22,13 @@ import torch.distributed as dist
 
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
-from fcnseg.config import make_config, resolve_recipe
 from fcnseg.data import build_dataset, eval_transforms
 from fcnseg.distributed import DistContext, context_from_env, setup_distributed, shard, teardown_distributed
 from fcnseg.evaluate import evaluate
-from fcnseg.models.zoo import build_model
-from fcnseg.train import train
-from fcnseg.training_data import train_loader
+from fcnseg.models.registry import build_model
+from fcnseg.training.config import make_config, resolve_recipe
+from fcnseg.training.data import train_loader
+from fcnseg.training.loop import train
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 

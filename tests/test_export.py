@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.checkpoint import default_checkpoint_path, model_from_checkpoint
 from fcnseg.cli import main
-from fcnseg.default_model import default_checkpoint_path
 from fcnseg.export import ExportError, export_onnx, export_torchscript
 from fcnseg.models import FCNAlexNet
 from fcnseg.models.efficientnet_lite import SameConv2d

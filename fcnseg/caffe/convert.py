@@ -20,10 +20,9 @@ import torch
 from google.protobuf.message import DecodeError
 from torch import nn
 
-from fcnseg.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_atomically
-
 from fcnseg.caffe import proto
-from fcnseg.models.zoo import build_model
+from fcnseg.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_atomically
+from fcnseg.models.registry import build_model
 
 # Upsampling layers may be absent from a caffemodel: they keep the model's bilinear init.
 OPTIONAL_LAYER_PREFIX = "upscore"

@@ -26,11 +26,10 @@ from fcnseg.data.base import (
     require_files,
 )
 from fcnseg.data.palettes import generated_palette
+from fcnseg.data.voc import VOC_CLASSES
 
 # Model output order (the reference's data/pascal-context/classes-59.txt), after 0 = background.
-CONTEXT_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+CONTEXT_CLASSES = VOC_CLASSES + (  # the 20 VOC classes first, then 39 more
     "bag", "bed", "bench", "book", "building", "cabinet", "ceiling", "clothes", "computer", "cup", "door", "fence",
     "floor", "flower", "food", "grass", "ground", "keyboard", "light", "mountain", "mouse", "curtain", "platform",
     "sign", "plate", "road", "rock", "shelves", "sidewalk", "sky", "snow", "bedcloth", "track", "tree", "truck",

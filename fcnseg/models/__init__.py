@@ -1,13 +1,18 @@
-"""FCN models. Every model maps ``(N, C, H, W)`` images to ``(N, num_classes, H, W)`` logits."""
+"""FCN models, as the paper describes them and nothing else (no data, training or inference code).
+
+Every single-task model maps ``(N, C, H, W)`` images to ``(N, num_classes, H, W)`` logits; the SIFT Flow models
+return a named tuple of two. ``MODEL_SPECS`` (``registry.py``) holds one ``ModelSpec`` per name.
+"""
 
 from fcnseg.models.alexnet import FCNAlexNet
+from fcnseg.models.backbone_fcn import BackboneFCN
 from fcnseg.models.backbones import LiteBackbone, ResNetBackbone, VGG16Backbone, build_backbone
 from fcnseg.models.efficientnet_lite import EfficientNetLite, load_pretrained_lite
-from fcnseg.models.heads import BackboneFCN
-from fcnseg.models.layers import BilinearUpsample, bilinear_kernel, crop_like
-from fcnseg.models.pretrained import transplant_alexnet, transplant_vgg16
-from fcnseg.models.vgg import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, VGG16FCN
-from fcnseg.models.zoo import MODEL_BUILDERS, build_model
+from fcnseg.models.interface import CoarseScoring, ConvBatchNormPairs, ConvReLUPairs
+from fcnseg.models.layers import BilinearUpsample, bilinear_kernel, crop_like, upsampling_layers
+from fcnseg.models.registry import MODEL_SPECS, ModelSpec, build_model, list_models, model_spec
+from fcnseg.models.transplant import copy_shared_layers, transplant_alexnet, transplant_vgg16
+from fcnseg.models.vgg import VGG16FCN, FCN8s, FCN8sAtOnce, FCN16s, FCN32s
 
 __all__ = [
     "FCN32s",
@@ -26,8 +31,16 @@ __all__ = [
     "BilinearUpsample",
     "bilinear_kernel",
     "crop_like",
+    "upsampling_layers",
+    "CoarseScoring",
+    "ConvBatchNormPairs",
+    "ConvReLUPairs",
+    "copy_shared_layers",
     "transplant_vgg16",
     "transplant_alexnet",
-    "MODEL_BUILDERS",
+    "MODEL_SPECS",
+    "ModelSpec",
     "build_model",
+    "list_models",
+    "model_spec",
 ]

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fcnseg.models.layers import BilinearUpsample, crop_like
-from fcnseg.models.vgg import REFERENCE_INPUT_PAD, zero_init
+from fcnseg.models.layers import REFERENCE_INPUT_PAD, BilinearUpsample, crop_like, zero_init
 
 # Per layout: output channels of conv1..conv5 and the groups of each.
 ALEXNET_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -28,7 +27,9 @@ class FCNAlexNet(nn.Module):
 
     name = "fcn-alexnet"
     output_stride = 32
-    normalization = "caffe"  # input convention of the reference's weights (fcnseg.data.transforms)
+    # Receptive-field centre of score_fr cell 0 (docs/alignment.md): x maps to (x + 95) / 32 - 3.375, so cell i is
+    # centred on input pixel 32 i + 13.
+    score_cell_centre = 13.0
 
     def __init__(
         self,
@@ -45,8 +46,6 @@ class FCNAlexNet(nn.Module):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.layout = layout
-        # The torchvision layout is for torchvision's ImageNet weights, which expect torchvision's normalization.
-        self.normalization = "caffe" if layout == "caffenet" else "imagenet"
         self.in_channels = in_channels
         self.learnable_upsampling = learnable_upsampling
         channels, groups = ALEXNET_LAYOUTS[layout]
@@ -87,7 +86,19 @@ class FCNAlexNet(nn.Module):
         h = self.drop6(self.relu6(self.fc6(h)))
         return self.drop7(self.relu7(self.fc7(h)))
 
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 pads the input itself (100 pixels): nothing to do before the trunk."""
+        return x
+
+    def coarse_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, K, h, w)``: ``score_fr`` on fc7."""
+        return self.score_fr(self.features(x))
+
+    def conv_relu_pairs(self) -> list[tuple[str, str]]:
+        """``(conv, relu)`` attribute names: ``relu`` is applied to ``conv``'s output, and nothing else reads it."""
+        return [(f"conv{i}", f"relu{i}") for i in range(1, 6)] + [("fc6", "relu6"), ("fc7", "relu7")]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        h = self.upscore(self.score_fr(self.features(x)))  # (N, K, 32 * (h' - 1) + 63, ...)
+        h = self.upscore(self.coarse_scores(x))  # (N, K, 32 * (h' - 1) + 63, ...)
         return crop_like(h, 18, height, width)

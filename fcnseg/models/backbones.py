@@ -1,4 +1,4 @@
-"""ImageNet backbones behind one small interface, for FCN heads on any of them (``fcnseg.models.heads``).
+"""ImageNet backbones behind one small interface, for FCN heads on any of them (``fcnseg.models.backbone_fcn``).
 
 A backbone is an ``nn.Module`` with
 
@@ -20,6 +20,7 @@ loads as is: ``weights`` may be a local ``.pth`` path (offline), a state dict, o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -27,7 +28,7 @@ import torchvision
 from torch import nn
 
 from fcnseg.models.efficientnet_lite import EfficientNetLite, load_pretrained_lite
-from fcnseg.models.pretrained import load_classifier_state_dict
+from fcnseg.models.transplant import load_classifier_state_dict
 from fcnseg.models.vgg import VGG16_STAGES
 
 
@@ -145,27 +146,26 @@ def _vgg16(pretrained: bool) -> VGG16Backbone:
     return VGG16Backbone(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1 if pretrained else None)
 
 
-# name -> builder(pretrained): Lite weights come from their pip packages (offline), torchvision's download.
-BACKBONE_BUILDERS: dict[str, Callable[[bool], nn.Module]] = {
-    "lite0": _lite("lite0"),
-    "lite1": _lite("lite1"),
-    "lite2": _lite("lite2"),
-    "resnet50": _resnet50,
-    "resnet101": _resnet101,
-    "vgg16-compact": _vgg16,
-}
+@dataclass(frozen=True)
+class BackboneEntry:
+    """How to build a backbone (``build(pretrained)``) and the input convention its weights expect."""
 
-BACKBONE_NORMALIZATIONS: dict[str, str] = {
-    "lite0": LiteBackbone.normalization,
-    "lite1": LiteBackbone.normalization,
-    "lite2": LiteBackbone.normalization,
-    "resnet50": ResNetBackbone.normalization,
-    "resnet101": ResNetBackbone.normalization,
-    "vgg16-compact": VGG16Backbone.normalization,
+    build: Callable[[bool], nn.Module]
+    normalization: str
+
+
+# name -> entry: Lite weights come from their pip packages (offline), torchvision's download.
+BACKBONES: dict[str, BackboneEntry] = {
+    "lite0": BackboneEntry(_lite("lite0"), LiteBackbone.normalization),
+    "lite1": BackboneEntry(_lite("lite1"), LiteBackbone.normalization),
+    "lite2": BackboneEntry(_lite("lite2"), LiteBackbone.normalization),
+    "resnet50": BackboneEntry(_resnet50, ResNetBackbone.normalization),
+    "resnet101": BackboneEntry(_resnet101, ResNetBackbone.normalization),
+    "vgg16-compact": BackboneEntry(_vgg16, VGG16Backbone.normalization),
 }
 
 
 def build_backbone(name: str, *, pretrained: bool = False) -> nn.Module:
-    if name not in BACKBONE_BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONE_BUILDERS)}")
-    return BACKBONE_BUILDERS[name](pretrained)
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name].build(pretrained)

@@ -17,7 +17,7 @@ moves the logits (lite1 on skimage's rocket changes its top-1), so "same" is the
 
 Geometry, for inputs whose sides are multiples of 32 (``BackboneFCN`` pads to that): every stride-2 layer
 maps output ``i`` to input ``2 i + 1``, so cell ``i`` of the stride-``s`` features is centred on input pixel
-``s * i + s - 1`` (checked by tests/test_heads.py from the receptive fields).
+``s * i + s - 1`` (checked by tests/models/test_backbone_fcn.py from the receptive fields).
 
 Input: RGB in 0-255, ``(x - 127) / 128`` (normalization ``"lite"`` in ``fcnseg.data.transforms``), at
 224 (lite0), 240 (lite1) or 260 (lite2) pixels for classification.
@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from fcnseg.models.layers import DropPath, same_padding
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -118,13 +120,6 @@ def stage_plan(variant: LiteVariant) -> list[StageSpec]:
     return plan
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "same" padding ``(before, after)`` of one side: ``ceil(size / stride)`` outputs, the odd
-    pixel after."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow's ``padding="same"``: output ``ceil(n / stride)``, extra pixel after."""
 
@@ -179,7 +174,7 @@ class MBConvBlock(nn.Module):
         self._project_conv = SameConv2d(hidden, out_channels, 1)
         self._bn2 = batch_norm(out_channels)
         self.has_skip = stride == 1 and in_channels == out_channels
-        self.drop_connect_rate = drop_connect_rate
+        self.drop_path = DropPath(drop_connect_rate)  # stochastic depth, as the original's drop_connect
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
@@ -189,12 +184,15 @@ class MBConvBlock(nn.Module):
         h = self._bn2(self._project_conv(h))  # (N, out, H / stride, W / stride)
         if not self.has_skip:
             return h
-        if self.training and self.drop_connect_rate > 0:
-            # Stochastic depth on the residual branch, per sample, as the original's drop_connect.
-            keep = 1.0 - self.drop_connect_rate
-            mask = torch.rand(h.shape[0], 1, 1, 1, dtype=h.dtype, device=h.device) < keep
-            h = h * mask / keep
-        return h + x
+        return self.drop_path(h) + x
+
+    def convolutions(self) -> tuple[SameConv2d | None, SameConv2d, SameConv2d]:
+        """``(expand or None, depthwise, project)``: the block's convolutions in order (for inference rewrites)."""
+        return getattr(self, "_expand_conv", None), self._depthwise_conv, self._project_conv
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        pairs = [("_expand_conv", "_bn0")] if hasattr(self, "_expand_conv") else []
+        return pairs + [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
 
 
 class EfficientNetLite(nn.Module):
@@ -252,6 +250,25 @@ class EfficientNetLite(nn.Module):
         _, _, f32 = self.forward_features(x)
         pooled = f32.mean(dim=(-2, -1))  # (N, 1280)
         return self._fc(self._dropout(pooled))
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        return [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")]
+
+    @property
+    def stem_conv(self) -> SameConv2d:
+        return self._conv_stem
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self._blocks
+
+    @property
+    def head_conv(self) -> SameConv2d:
+        return self._conv_head
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self._fc
 
     def drop_classifier(self) -> None:
         """Remove the ImageNet classifier (``_fc``) for feature extraction; ``forward`` then returns (N, 1280)."""

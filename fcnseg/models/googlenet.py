@@ -3,7 +3,7 @@
 As the paper did: only the final loss (the two auxiliary classifiers are not built), the final average pooling
 discarded, and the 1000-way classifier replaced by a 1x1 score layer ``score_fr`` over the 1024-channel
 ``inception5b`` features (zero-initialized), upsampled 32x by a bilinear transposed convolution. The model is a
-``BackboneFCN`` (``fcnseg.models.heads``) at output stride 32 on ``GoogLeNetBackbone``, so it shares their
+``BackboneFCN`` (``fcnseg.models.backbone_fcn``) at output stride 32 on ``GoogLeNetBackbone``, so it shares their
 alignment, any-size input (zero padding of the bottom/right to a multiple of 32) and ``fcnseg.dense`` support.
 
 Geometry. ``conv1`` (7x7/2, pad 3) is centred; every 3x3/2 ceil-mode pool without padding maps output ``i`` to
@@ -14,7 +14,7 @@ Composed: cell ``i`` of the stride-8/16/32 maps is centred on input pixel ``8 i 
 Input convention. ``normalization = "imagenet"`` (torchvision's mean/std). torchvision's ImageNet GoogLeNet
 weights were ported from the original model, which expects ``(x - 0.5) / 0.5`` of [0, 1] RGB; torchvision feeds
 them ImageNet-normalized input and converts it first (``transform_input=True``, set by its weights builder). Here
-that conversion is the per-channel affine ``input_scale``, ``input_shift`` (buffers, so it travels in state
+that conversion is the per-channel affine ``input_transform`` (buffers, so it travels in state
 dicts and checkpoints): identity for a fresh model, torchvision's conversion after
 ``transplant_googlenet(..., transform_input=True)``.
 
@@ -29,8 +29,9 @@ import torch
 import torchvision
 from torch import nn
 
-from fcnseg.models.heads import BackboneFCN
-from fcnseg.models.pretrained import load_classifier_state_dict
+from fcnseg.models.backbone_fcn import BackboneFCN
+from fcnseg.models.layers import ChannelAffine
+from fcnseg.models.transplant import load_classifier_state_dict
 
 # torchvision GoogLeNet's layers up to inception5b, in forward order; f8, f16, f32 are the outputs of these three.
 GOOGLENET_TRUNK = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
@@ -65,12 +66,11 @@ class GoogLeNetBackbone(nn.Module):
             if isinstance(module, nn.MaxPool2d) and module.stride == 1:
                 module.ceil_mode = False
         self.dropout = nn.Dropout(p=0.2)  # torchvision's, before its classifier: here before score_fr
-        self.register_buffer("input_scale", torch.ones(1, 3, 1, 1))
-        self.register_buffer("input_shift", torch.zeros(1, 3, 1, 1))
+        self.input_transform = ChannelAffine(3)  # the identity unless transform_input
         set_transform_input(self, transform_input)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = x * self.input_scale + self.input_shift  # (N, 3, H, W), identity unless transform_input
+        h = self.input_transform(x)  # (N, 3, H, W)
         features = []
         for name in GOOGLENET_TRUNK:
             h = getattr(self, name)(h)
@@ -89,15 +89,14 @@ def set_transform_input(backbone: GoogLeNetBackbone, transform_input: bool) -> N
         scale, shift = std / 0.5, (mean - 0.5) / 0.5
     else:
         scale, shift = torch.ones_like(std), torch.zeros_like(mean)
-    backbone.input_scale.copy_(scale)
-    backbone.input_shift.copy_(shift)
+    backbone.input_transform.scale.copy_(scale)
+    backbone.input_transform.shift.copy_(shift)
 
 
 class FCNGoogLeNet(BackboneFCN):
     """``forward((N, 3, H, W)) -> (N, num_classes, H, W)``: ``score_fr`` on inception5b, one 32x upsampling."""
 
     name = "fcn-googlenet"
-    normalization = "imagenet"  # read by checkpoints from the builder (MODEL_BUILDERS) itself
 
     def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3,
                  transform_input: bool = False):
@@ -118,7 +117,7 @@ def transplant_googlenet(model: FCNGoogLeNet, weights, *, transform_input: bool 
     state = load_classifier_state_dict(weights, arch="GoogLeNet")
     trunk = {key: value for key, value in state.items() if not key.startswith(UNUSED_PREFIXES)}
     missing, unexpected = model.backbone.load_state_dict(trunk, strict=False)
-    missing = [key for key in missing if key not in ("input_scale", "input_shift")]
+    missing = [key for key in missing if not key.startswith("input_transform.")]
     if missing or unexpected:
         raise KeyError(f"not a torchvision GoogLeNet state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
     set_transform_input(model.backbone, transform_input)

@@ -1,4 +1,6 @@
-"""Small layers shared by every FCN: the bilinear kernel, in-network upsampling, and cropping.
+"""Small layers and helpers shared by the FCNs, each defined once: the bilinear kernel, in-network upsampling,
+cropping, zero-initialized score layers, padding to a size multiple, TensorFlow "same" padding, stochastic depth
+and a per-channel input affine.
 
 Upsampling in an FCN is "backwards strided convolution" (paper, section 3.3): a transposed
 convolution with stride ``f`` whose kernel starts as bilinear interpolation. The reference keeps
@@ -7,9 +9,14 @@ these kernels fixed; the paper notes they can be learned. Both are a flag here.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# The reference's input padding (conv1_1 / conv1 ``pad: 100``): enough that fc6's window fits any input.
+REFERENCE_INPUT_PAD = 100
 
 
 def bilinear_kernel(kernel_size: int) -> torch.Tensor:
@@ -62,99 +69,72 @@ def crop_like(x: torch.Tensor, offset: int, height: int, width: int) -> torch.Te
     return x[..., offset : offset + height, offset : offset + width]
 
 
-class UnfoldConv2d(nn.Conv2d):
-    """``nn.Conv2d`` computed on the CPU as unfold + matrix multiply: same parameters, state dict and output.
+def upsampling_layers(model: nn.Module) -> list[BilinearUpsample]:
+    """Every ``BilinearUpsample`` inside ``model``, in module order."""
+    return [module for module in model.modules() if isinstance(module, BilinearUpsample)]
 
-    For the convolutionalized ``fc6`` (a 7x7 or 6x6 kernel, 4096 outputs, a few hundred output cells), oneDNN's
-    direct convolution runs at about a third of the speed of the same product as im2col + GEMM on this project's
-    CPU (VGG16's fc6 at 360x480: 368 ms against 138 ms; docs/performance.md), in float32 and bf16 alike.
-    Falls back to the convolution on other devices, under tracing (exports keep a plain ``Conv``), for grouped or
-    non-zero padding, and when the unfolded input would exceed ``MAX_UNFOLDED`` elements.
+
+def zero_init(conv: nn.Conv2d) -> None:
+    """Score layers start at zero, as the reference's (Caffe's default constant filler)."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the bottom and right of ``(N, C, H, W)`` so that H and W are multiples of ``multiple``.
+
+    Under tracing (ONNX export) the sizes are graph values, and Python's ``-width % multiple`` would be baked in
+    as a constant: there it pads by ``multiple - 1`` and slices to the rounded-up size, which traces symbolically.
     """
-
-    MAX_UNFOLDED = 64 * 2**20  # elements of the (N, C k k, L) matrix: 256 MiB in float32
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, height, width = x.shape
-        kernel_h, kernel_w = self.kernel_size
-        if (x.device.type != "cpu" or self.groups != 1 or self.padding_mode != "zeros"
-                or isinstance(self.padding, str) or torch.jit.is_tracing() or torch.jit.is_scripting()):
-            return super().forward(x)
-        out_h = (height + 2 * self.padding[0] - self.dilation[0] * (kernel_h - 1) - 1) // self.stride[0] + 1
-        out_w = (width + 2 * self.padding[1] - self.dilation[1] * (kernel_w - 1) - 1) // self.stride[1] + 1
-        if out_h < 1 or out_w < 1 or n * self.in_channels * kernel_h * kernel_w * out_h * out_w > self.MAX_UNFOLDED:
-            return super().forward(x)
-        columns = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        weight = self.weight  # (out_channels, C, k, k)
-        if not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
-            # Stored (out_channels, k, k, C): use that order as is (reshaping would copy the whole weight each
-            # call) and reorder the much smaller columns to match.
-            weight = weight.permute(0, 2, 3, 1)
-            cells = columns.shape[-1]
-            columns = columns.reshape(n, self.in_channels, kernel_h * kernel_w, cells).transpose(1, 2)
-            columns = columns.reshape(n, -1, cells)  # (N, k k C, L)
-        columns = columns.transpose(0, 1).reshape(weight[0].numel(), -1)  # (C k k, N L): one GEMM for the batch
-        weight = weight.reshape(self.out_channels, -1)  # (out_channels, C k k) in the columns' order
-        if self.bias is None:
-            out = torch.mm(weight, columns)
-        else:
-            out = torch.addmm(self.bias.reshape(-1, 1), weight, columns)  # (out_channels, N L)
-        return out.reshape(self.out_channels, n, out_h, out_w).transpose(0, 1)  # (N, out_channels, out_h, out_w)
+    height, width = x.shape[-2:]  # 0-dim tensors while the ONNX exporter traces, ints otherwise
+    if torch.jit.is_tracing():
+        padded = F.pad(x, [0, multiple - 1, 0, multiple - 1])
+        return padded[..., : _round_up(height, multiple), : _round_up(width, multiple)]
+    return F.pad(x, [0, -width % multiple, 0, -height % multiple])
 
 
-def unfold_large_convolutions(model: nn.Module, *, min_kernel_area: int = 25, min_depth: int = 4096) -> int:
-    """Swap, in place, every plain ``nn.Conv2d`` like a convolutionalized fc layer (stride 1, no groups, at least
-    ``min_kernel_area`` taps and ``in_channels * taps >= min_depth``: the fc6 of VGG16 and AlexNet) for an
-    ``UnfoldConv2d`` that shares its parameters, so optimizers and state dicts are unaffected. Returns how many
-    were swapped. The models themselves keep ``nn.Conv2d``, whose outputs are bit-identical to the reference
-    port's; ``inference_model`` and ``train`` call this."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not nn.Conv2d or child.groups != 1 or child.stride != (1, 1):
-                continue
-            taps = child.kernel_size[0] * child.kernel_size[1]
-            if taps < min_kernel_area or child.in_channels * taps < min_depth:
-                continue
-            fast = UnfoldConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                padding=child.padding, dilation=child.dilation, bias=child.bias is not None,
-                                padding_mode=child.padding_mode, device="meta")
-            fast.weight, fast.bias = child.weight, child.bias  # shared Parameters, not copies
-            fast.train(child.training)
-            setattr(parent, name, fast)
-            swapped += 1
-    return swapped
+def _round_up(size: int | torch.Tensor, multiple: int) -> int | torch.Tensor:
+    if isinstance(size, torch.Tensor):  # ``//`` on a traced size is baked in; ``torch.div`` is recorded
+        return torch.div(size + multiple - 1, multiple, rounding_mode="floor") * multiple
+    return (size + multiple - 1) // multiple * multiple
 
 
-class ChannelwiseUpsample(nn.ConvTranspose2d):
-    """A ``BilinearUpsample`` with a diagonal weight, as a grouped transposed convolution (``groups=C``, weight
-    ``(C, 1, k, k)``), always in the weight's dtype: oneDNN has no fast bf16 kernel for it, so under bf16
-    autocast it would take ten times longer (and the upsampled logits are better kept in float32 anyway)."""
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding ``(before, after)`` of one side: ``ceil(size / stride)`` outputs, the odd
+    pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch, per sample (EfficientNet's ``drop_connect``): in training mode each
+    sample's ``(N, C, H, W)`` branch is kept with probability ``1 - rate`` and scaled by ``1 / (1 - rate)``; the
+    identity in eval mode (``.eval()`` turns it off, as it does dropout)."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate <= 0:
+            return h
+        keep = 1.0 - self.rate
+        mask = torch.rand(h.shape[0], 1, 1, 1, dtype=h.dtype, device=h.device) < keep  # (N, 1, 1, 1)
+        return h * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class ChannelAffine(nn.Module):
+    """``x * scale + shift`` with one ``(1, C, 1, 1)`` scale and shift buffer each: an input conversion inside a
+    model (GoogLeNet's ``transform_input``). Per channel, it moves no pixel (``fcnseg.stats`` treats it as such)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(1, channels, 1, 1))
+        self.register_buffer("shift", torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.to(self.weight.dtype))
-
-
-def channelwise_upsampling(model: nn.Module) -> int:
-    """Swap, in place, every ``BilinearUpsample`` whose weight is diagonal over channels (always, unless it was
-    trained with ``learnable=True``) for a ``ChannelwiseUpsample``: the same output without multiplying by the
-    ``C (C - 1)`` zero kernels. FCN-8s' final 8x upsampling of 21 classes at 360x480 takes 0.86 ms this way
-    against 4.2 ms. Returns how many."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, BilinearUpsample):
-                continue
-            channels = torch.arange(child.in_channels)
-            diagonal = child.weight.detach()[channels, channels]  # (C, k, k)
-            off_diagonal = child.weight.detach().clone()
-            off_diagonal[channels, channels] = 0
-            if off_diagonal.any():
-                continue
-            grouped = ChannelwiseUpsample(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                         groups=child.in_channels, bias=False, device=child.weight.device)
-            grouped.weight = nn.Parameter(diagonal.unsqueeze(1).clone(), requires_grad=False)  # (C, 1, k, k)
-            setattr(parent, name, grouped)
-            swapped += 1
-    return swapped
+        return x * self.scale + self.shift  # (N, C, H, W)

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fcnseg.models.layers import BilinearUpsample, crop_like
-from fcnseg.models.vgg import VGG16FCN, zero_init
+from fcnseg.models.layers import BilinearUpsample, crop_like, zero_init
+from fcnseg.models.vgg import VGG16FCN
 
 # The reference's suffixes for the two tasks, and the tuple field each fills.
 TASKS: dict[str, str] = {"sem": "semantic", "geo": "geometric"}
@@ -39,7 +39,6 @@ class SIFTFlowFCN(VGG16FCN):
 
     name = "siftflow-fcn"
     output_stride = 8
-    normalization = "caffe-siftflow"  # the reference's SIFT Flow mean
     head_names = SIFTFlowScores._fields  # ("semantic", "geometric"): the forward's fields, in order
 
     def __init__(
@@ -96,9 +95,9 @@ class SIFTFlowFCN(VGG16FCN):
         score_pool3c = crop_like(layer("score_pool3")(pool3), 9, upscore_pool4.shape[-2], upscore_pool4.shape[-1])
         return crop_like(layer("upscore8")(upscore_pool4 + score_pool3c), 31, height, width)
 
-    def forward(self, x: torch.Tensor) -> SIFTFlowScores:
-        height, width = x.shape[-2:]
-        pool3, pool4, fc7 = self.features(x)
+    def forward_head(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], height: int,
+                     width: int) -> SIFTFlowScores:
+        pool3, pool4, fc7 = features
         semantic = self._head("sem", pool3, pool4, fc7, height, width)  # (N, 33, H, W)
         geometric = self._head("geo", pool3, pool4, fc7, height, width)  # (N, 3, H, W)
         return SIFTFlowScores(semantic=semantic, geometric=geometric)

@@ -19,30 +19,34 @@ centred on it (derivation in docs/alignment.md):
 
 Layouts. ``layout="reference"`` (the default) is the above. ``layout="compact"`` drops the 100-pixel pad
 (conv1_1 padding 1, fc6 padding 3: about half the FLOPs), pads the input's bottom and right to a multiple of
-32 (as ``heads.BackboneFCN``) and crops back. Every convolution then keeps its cell centres and each 2x2 pool
+32 (as ``backbone_fcn.BackboneFCN``) and crops back. Every convolution then keeps its cell centres and each 2x2 pool
 maps cell ``i`` to ``2 i + 1/2``, so the stride-``S`` cell ``i`` is centred on pixel ``S i + (S - 1) / 2``. The
 upsampled coarse map is cropped onto the finer one (it is the larger here): upscore2 and upscore_pool4 crop 1,
-upscore8 crops 4, upscore16 8, upscore 16 (derivation as in heads.py). Same parameters, same state dict.
+upscore8 crops 4, upscore16 8, upscore 16 (derivation as in backbone_fcn.py). Same parameters, same state dict.
+
+Interface (``fcnseg.models.interface``): ``features(x) -> (pool3, pool4, drop7)`` and each head's
+``forward_head(features, height, width)``; ``coarse_scores`` (score_fr) with its ``score_cell_centre``;
+``conv_relu_pairs`` for the inference rewrites.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from fcnseg.models.layers import BilinearUpsample, crop_like
+from fcnseg.models.layers import REFERENCE_INPUT_PAD, BilinearUpsample, crop_like, pad_to_multiple, zero_init
 
 # (block, number of 3x3 convolutions, output channels) of VGG16's five stages.
 VGG16_STAGES: tuple[tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 
-# The reference's input padding: enough that fc6's 7x7 window fits any input, however small.
-REFERENCE_INPUT_PAD = 100
 LAYOUTS = ("reference", "compact")
 COMPACT_SIZE_MULTIPLE = 32
 # Crop of the final upsampling against the image, per layout and output stride.
 FINAL_CROP: dict[str, dict[int, int]] = {"reference": {32: 19, 16: 27, 8: 31}, "compact": {32: 16, 16: 8, 8: 4}}
 COMPACT_SKIP_CROP = 1  # upscore2 onto score_pool4, upscore_pool4 onto score_pool3
+# Receptive-field centre of score_fr cell 0 on the image (docs/alignment.md): the reference maps x to
+# (x + 99) / 32 - 3.484375, so cell i is centred on 32 i + 12.5; the compact layout's cell i on 32 i + 15.5.
+SCORE_CELL_CENTRE: dict[str, float] = {"reference": 12.5, "compact": 15.5}
 
 
 def vgg16_conv_names() -> list[str]:
@@ -53,12 +57,12 @@ def vgg16_conv_names() -> list[str]:
 class VGG16FCN(nn.Module):
     """The VGG16 trunk convolutionalized (fc6 7x7, fc7 1x1) plus ``score_fr``; heads live in subclasses.
 
-    Subclasses implement ``forward((N, C, H, W)) -> (N, num_classes, H, W)``.
+    Subclasses implement ``forward_head(features, height, width) -> (N, num_classes, H, W)``, the scores from
+    ``features``; ``forward((N, C, H, W))`` is ``forward_head(features(x), H, W)``.
     """
 
     name = "vgg16-fcn"
     output_stride = 32
-    normalization = "caffe"  # input convention of the reference's weights (fcnseg.data.transforms)
 
     def __init__(self, *, num_classes: int, learnable_upsampling: bool = False, in_channels: int = 3,
                  layout: str = "reference"):
@@ -88,16 +92,17 @@ class VGG16FCN(nn.Module):
         self.drop7 = nn.Dropout(0.5)
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
         zero_init(self.score_fr)
-        # Set by fcnseg.models.pad_skip.enable_pad_skipping (inference only); not a submodule, not saved.
-        self.pad_skipper = None
+
+    def forward(self, x: torch.Tensor):
+        height, width = x.shape[-2:]
+        return self.forward_head(self.features(x), height, width)
+
+    def forward_head(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], height: int, width: int):
+        """The scores ``(N, K, height, width)`` from ``features(x)``; the heads (subclasses) define it."""
+        raise NotImplementedError(f"{type(self).__name__} is a trunk without a head")
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(pool3, pool4, drop7)``: the stride-8, stride-16 and stride-32 features."""
-        if self.pad_skipper is not None and not self.training:
-            return self.pad_skipper.features(x)
-        return self.plain_features(x)
-
-    def plain_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = x
         if self.layout == "compact":  # (N, C, 32 * ceil(H / 32), 32 * ceil(W / 32))
             h = pad_to_multiple(x, COMPACT_SIZE_MULTIPLE)
@@ -120,8 +125,22 @@ class VGG16FCN(nn.Module):
         h = self.drop6(self.relu6(self.fc6(pool5)))  # (N, 4096, h/32 - 6, w/32 - 6) on the padded image
         return self.drop7(self.relu7(self.fc7(h)))
 
-    def upsampling_layers(self) -> list[BilinearUpsample]:
-        return [m for m in self.modules() if isinstance(m, BilinearUpsample)]
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk pads its input itself (100 pixels, or up to a multiple of 32): nothing to do before it."""
+        return x
+
+    def coarse_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, K, h, w)``: ``score_fr`` on the stride-32 features."""
+        return self.score_fr(self.features(x)[2])  # (N, K, ~(H + 198) / 32 - 6, ...) in the reference layout
+
+    @property
+    def score_cell_centre(self) -> float:
+        return SCORE_CELL_CENTRE[self.layout]
+
+    def conv_relu_pairs(self) -> list[tuple[str, str]]:
+        """``(conv, relu)`` attribute names: ``relu`` is applied to ``conv``'s output, and nothing else reads it."""
+        return [(name, name.replace("conv", "relu")) for name in vgg16_conv_names()] + [("fc6", "relu6"),
+                                                                                        ("fc7", "relu7")]
 
     def fuse(self, upscored: torch.Tensor, score_pool: torch.Tensor, reference_crop: int) -> torch.Tensor:
         """Sum of a 2x-upsampled score map and a skip's scores, cropped onto the smaller of the two."""
@@ -131,18 +150,6 @@ class VGG16FCN(nn.Module):
 
     def crop_output(self, upscored: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return crop_like(upscored, FINAL_CROP[self.layout][self.output_stride], height, width)  # (N, K, H, W)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad the bottom and right of ``(N, C, H, W)`` to multiples of ``multiple`` (as heads.pad_to_multiple)."""
-    return F.pad(x, [0, -x.shape[-1] % multiple, 0, -x.shape[-2] % multiple])
-
-
-def zero_init(conv: nn.Conv2d) -> None:
-    """Score layers start at zero, as the reference's (Caffe's default constant filler)."""
-    nn.init.zeros_(conv.weight)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
 
 
 class FCN32s(VGG16FCN):
@@ -157,9 +164,9 @@ class FCN32s(VGG16FCN):
                          layout=layout)
         self.upscore = BilinearUpsample(num_classes, stride=32, kernel_size=64, learnable=learnable_upsampling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        _, _, h = self.features(x)
+    def forward_head(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], height: int,
+                     width: int) -> torch.Tensor:
+        _, _, h = features
         h = self.upscore(self.score_fr(h))  # (N, K, 32 * (h' - 1) + 64, ...)
         return self.crop_output(h, height, width)
 
@@ -179,9 +186,9 @@ class FCN16s(VGG16FCN):
         self.upscore2 = BilinearUpsample(num_classes, stride=2, kernel_size=4, learnable=learnable_upsampling)
         self.upscore16 = BilinearUpsample(num_classes, stride=16, kernel_size=32, learnable=learnable_upsampling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        _, pool4, h = self.features(x)
+    def forward_head(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], height: int,
+                     width: int) -> torch.Tensor:
+        _, pool4, h = features
         upscore2 = self.upscore2(self.score_fr(h))  # (N, K, 1/16)
         h = self.upscore16(self.fuse(upscore2, self.score_pool4(pool4), 5))
         return self.crop_output(h, height, width)
@@ -189,7 +196,9 @@ class FCN16s(VGG16FCN):
     @classmethod
     def from_fcn32s(cls, fcn32s: FCN32s) -> FCN16s:
         """Staged training: copy the trunk and score_fr of a trained FCN-32s; new score layers start at zero."""
-        return _staged_from(cls, fcn32s)
+        from fcnseg.models.transplant import staged_from
+
+        return staged_from(cls, fcn32s)
 
 
 class FCN8s(VGG16FCN):
@@ -213,9 +222,9 @@ class FCN8s(VGG16FCN):
         self.upscore_pool4 = BilinearUpsample(num_classes, stride=2, kernel_size=4, learnable=learnable_upsampling)
         self.upscore8 = BilinearUpsample(num_classes, stride=8, kernel_size=16, learnable=learnable_upsampling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        pool3, pool4, h = self.features(x)
+    def forward_head(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor], height: int,
+                     width: int) -> torch.Tensor:
+        pool3, pool4, h = features
         if self.scale_pool4 != 1.0:
             pool4 = pool4 * self.scale_pool4
         if self.scale_pool3 != 1.0:
@@ -228,7 +237,9 @@ class FCN8s(VGG16FCN):
     @classmethod
     def from_fcn16s(cls, fcn16s: FCN16s) -> FCN8s:
         """Staged training: copy the trunk, score_fr and score_pool4 of a trained FCN-16s."""
-        return _staged_from(cls, fcn16s)
+        from fcnseg.models.transplant import staged_from
+
+        return staged_from(cls, fcn16s)
 
 
 class FCN8sAtOnce(FCN8s):
@@ -237,28 +248,3 @@ class FCN8sAtOnce(FCN8s):
     name = "fcn8s-atonce"
     scale_pool4 = 0.01
     scale_pool3 = 0.0001
-
-
-def _staged_from(cls: type[VGG16FCN], coarser: VGG16FCN) -> VGG16FCN:
-    finer = cls(
-        num_classes=coarser.num_classes,
-        learnable_upsampling=coarser.learnable_upsampling,
-        in_channels=coarser.in_channels,
-        layout=coarser.layout,
-    )
-    copy_shared_layers(finer, coarser.state_dict())
-    return finer.to(next(coarser.parameters()).device)
-
-
-def copy_shared_layers(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int:
-    """Staged training's transfer: copy every tensor of matching name and shape into ``model``, except the
-    upsampling layers, which stay bilinear (``surgery.interp``, as the reference's solve.py does). New score
-    layers keep their zero init. Returns the number of tensors copied."""
-    own = model.state_dict()
-    shared = {
-        key: value
-        for key, value in state_dict.items()
-        if key in own and not key.startswith("upscore") and value.shape == own[key].shape
-    }
-    model.load_state_dict(shared, strict=False)
-    return len(shared)

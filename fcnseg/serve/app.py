@@ -307,9 +307,8 @@ def load_serving_model(checkpoint: str | Path | None = None, *, device: torch.de
                        bf16: bool = False) -> tuple[nn.Module, ModelMeta]:
     """The checkpoint's model (the shipped CamVid model when ``None``), made fast for inference on ``device``
     (``bf16``: bf16 autocast where the hardware has fast bf16 kernels, see ``fcnseg.inference_model``)."""
-    from fcnseg.checkpoint import model_from_checkpoint
-    from fcnseg.default_model import default_checkpoint_path
-    from fcnseg.fast import inference_model
+    from fcnseg.checkpoint import default_checkpoint_path, model_from_checkpoint
+    from fcnseg.inference import inference_model
 
     model, meta = model_from_checkpoint(checkpoint if checkpoint is not None else default_checkpoint_path())
     if meta.in_channels != 3:

@@ -1,0 +1,319 @@
+"""End-to-end pixelwise training (paper, section 4): plain code, no hooks.
+
+``train(config)`` builds the data, model and optimizer from a TrainConfig, trains for
+``config.iters`` optimizer steps, validates every ``val_every`` steps with the four metrics, and
+writes ``out/last.pt`` and ``out/best.pt`` atomically, a CSV log, the resolved config and a plot.
+``train(config, resume=True)`` continues a killed run exactly: same step, optimizer, RNG and data.
+Under ``torchrun`` it trains with DistributedDataParallel (``fcnseg.distributed`` says what is equal to
+a single process); rank 0 logs and writes the files. Multi-task models (SIFT Flow) sum their heads' losses.
+
+The loop's helpers take a ``Run`` (what stays fixed during training: model, optimizer, data, config, device)
+and a ``TrainState`` (what a checkpoint saves and ``--resume`` restores).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fcnseg.checkpoint import ModelMeta, load_checkpoint, make_checkpoint, save_atomically
+from fcnseg.distributed import (
+    DistContext,
+    any_rank,
+    barrier,
+    global_loss,
+    no_sync_unless,
+    pick_device,
+    setup_distributed,
+    teardown_distributed,
+    unwrap,
+    wrap_model,
+)
+from fcnseg.evaluate import evaluate
+from fcnseg.inference.unfold_fc import unfold_large_convolutions
+from fcnseg.models.layers import DropPath
+from fcnseg.models.multimodal import early_fusion_from_rgb, late_fusion_from_streams
+from fcnseg.training.config import TrainConfig, config_to_yaml, resolve_recipe
+from fcnseg.training.data import build_datasets, modalities_for, train_loader
+from fcnseg.training.losses import loss_terms
+from fcnseg.training.setup import build_training_model, make_optimizer
+
+METRICS = ["pixel_acc", "mean_acc", "mean_iu", "fwavacc"]
+LOG_FIELDS = ["step", "train_minutes", "lr", "loss", *METRICS]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """What changes as training goes, saved in every checkpoint and restored by ``--resume``."""
+
+    step: int = 0  # optimizer steps done
+    best_mean_iu: float = -1.0
+    train_seconds: float = 0.0  # time in training steps (validation excluded)
+
+
+@dataclass
+class Run:
+    """What stays fixed while training: built once by ``train`` and handed to the loop's helpers."""
+
+    model: nn.Module  # wrapped for DDP under torchrun; ``unwrap(model)`` is the model
+    optimizer: torch.optim.Optimizer
+    val_set: object
+    meta: ModelMeta
+    config: TrainConfig
+    device: torch.device
+    context: DistContext
+    out: Path
+
+
+def lr_at(step: int, *, base_lr: float, iters: int, schedule: str, warmup_iters: int = 0) -> float:
+    """The learning rate at optimizer step ``step`` (0-based): a pure function of the step."""
+    if warmup_iters and step < warmup_iters:
+        return base_lr * (step + 1) / warmup_iters
+    progress = min(1.0, (step - warmup_iters) / max(1, iters - warmup_iters))
+    if schedule == "fixed":
+        return base_lr
+    if schedule == "poly":
+        return base_lr * (1 - progress) ** 0.9
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def _masks_to(masks: torch.Tensor | list[torch.Tensor], device: torch.device):
+    if isinstance(masks, (list, tuple)):
+        return tuple(mask.to(device, non_blocking=True) for mask in masks)
+    return masks.to(device, non_blocking=True)
+
+
+def _build_model(config: TrainConfig) -> tuple[nn.Module, str]:
+    """``build_training_model``; the NYUDv2 fusion models start from colour FCN-32s (and HHA, for late fusion)
+    initialized from ``init_weights`` (``init_weights_hha``), with the reference's surgery."""
+    if not config.init_weights or config.model not in ("fcn32s-nyud-rgbd", "fcn32s-nyud-rgbhha"):
+        return build_training_model(config)
+    color, normalization = build_training_model(dataclasses.replace(config, model="fcn32s"))
+    if config.model == "fcn32s-nyud-rgbd":
+        return early_fusion_from_rgb(color), normalization
+    hha_init = config.init_weights_hha or config.init_weights
+    hha, _ = build_training_model(dataclasses.replace(config, model="fcn32s", init_weights=hha_init))
+    return late_fusion_from_streams(color, hha), normalization
+
+
+def _set_training_modes(model: nn.Module, config: TrainConfig) -> None:
+    """Train mode, but frozen batch norm (``freeze_bn``) and no dropout or stochastic depth (``stochastic_layers``)."""
+    model.train()
+    for module in model.modules():
+        if config.freeze_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+        if not config.stochastic_layers and isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
+        if not config.stochastic_layers and isinstance(module, DropPath):
+            module.eval()  # EfficientNet-Lite's per-sample stochastic depth
+
+
+def _append_log(path: Path, row: dict, fields: list[str]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow({key: row.get(key, "") for key in fields})
+
+
+def _save(run: Run, state: TrainState, name: str) -> None:
+    checkpoint = make_checkpoint(
+        unwrap(run.model), run.meta, optimizer=run.optimizer.state_dict(), step=state.step,
+        best_mean_iu=state.best_mean_iu, train_seconds=state.train_seconds, rng_state=torch.get_rng_state(),
+        config=config_to_yaml(run.config),
+    )
+    save_atomically(checkpoint, run.out / name)
+
+
+def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig) -> TrainState:
+    checkpoint = load_checkpoint(out / "last.pt")
+    if checkpoint["model"] != config.model:
+        raise ValueError(f"{out / 'last.pt'} holds a {checkpoint['model']} run; this config trains {config.model}")
+    model.load_state_dict(checkpoint["state_dict"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["rng_state"])
+    return TrainState(step=int(checkpoint["step"]), best_mean_iu=float(checkpoint["best_mean_iu"]),
+                      train_seconds=float(checkpoint["train_seconds"]))
+
+
+def _tensorboard(config: TrainConfig, out: Path):
+    if not config.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from error
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def _validate_and_save(run: Run, state: TrainState) -> dict:
+    """Score on every rank (each its share of the images); rank 0 writes best.pt (on a new best) and last.pt."""
+    scores = evaluate(
+        unwrap(run.model), run.val_set, num_classes=run.meta.num_classes, device=run.device,
+        ignore_index=run.meta.ignore_index, max_images=run.config.val_max_images,
+        workers=min(run.config.workers, 2), context=run.context,
+    )
+    new_best = scores["mean_iu"] > state.best_mean_iu  # the same on every rank: the scores are reduced
+    if new_best:
+        state.best_mean_iu = scores["mean_iu"]
+    if run.context.is_main:
+        if new_best:
+            _save(run, state, "best.pt")
+        _save(run, state, "last.pt")
+    return scores
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train as ``config`` says; returns ``{"step", "best_mean_iu", "last_scores", "out"}``.
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every process calls this; ``batch_size`` is per rank.
+    """
+    config = resolve_recipe(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    # Denormal floats make CPU kernels many times slower late in training; flushing them costs nothing.
+    torch.set_flush_denormal(True)
+    torch.manual_seed(config.seed)
+    context, device = setup_distributed(pick_device(config.device))
+    try:
+        return _train(config, resume=resume, progress=progress and context.is_main, device=device, context=context)
+    finally:
+        if context.owns_group:
+            teardown_distributed()
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context: DistContext) -> dict:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and (out / "last.pt").exists():
+        raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
+    model, normalization = _build_model(config)
+    normalization = config.normalization or normalization
+    train_set, val_set = build_datasets(config, normalization, modalities_for(config, model))
+    info = train_set.info
+    meta = ModelMeta(
+        model=config.model, num_classes=info.num_classes, class_names=info.class_names, palette=info.palette,
+        normalization=normalization, ignore_index=info.ignore_index,
+        learnable_upsampling=config.learnable_upsampling, in_channels=getattr(model, "in_channels", 3),
+    )
+    if getattr(model, "num_classes", info.num_classes) != info.num_classes:
+        raise ValueError(f"model has {model.num_classes} classes, data set {info.name} has {info.num_classes}")
+    model.to(device)
+    unfold_large_convolutions(model)  # fc6 as one GEMM on the CPU (same parameters; docs/performance.md)
+    _set_training_modes(model, config)
+    optimizer = make_optimizer(model, config)
+    state = TrainState()
+    if resume and (out / "last.pt").exists():
+        state = _restore(out, model, optimizer, config)
+    if context.is_main:
+        (out / "config.yaml").write_text(config_to_yaml(config))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = wrap_model(model, context=context, device=device, sync_bn=config.sync_bn)
+    run = Run(model=model, optimizer=optimizer, val_set=val_set, meta=meta, config=config, device=device,
+              context=context, out=out)
+    result = _loop(run, state, train_set=train_set, progress=progress)
+    barrier()  # every rank returns once rank 0 has written its files
+    return result
+
+
+def _train_step(run: Run, batches, *, step: int) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the global batch's loss."""
+    model, optimizer, config, device = run.model, run.optimizer, run.config, run.device
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for micro in range(config.grad_accum):
+        images, masks = next(batches)
+        with no_sync_unless(micro == config.grad_accum - 1, model):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                images = images.to(device, non_blocking=True)
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                outputs = model(images)
+            terms = loss_terms(outputs, _masks_to(masks, device), ignore_index=run.meta.ignore_index,
+                               loss_sample=config.loss_sample)
+            loss, value = global_loss(terms, reduction=config.loss, grad_accum=config.grad_accum,
+                                      context=run.context)
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"loss became {value} at step {step + 1}; stopped. The last good checkpoint is "
+                    f"{Path(config.out) / 'last.pt'}; lower the learning rate (lr=...) and --resume"
+                )
+            loss.backward()
+        step_loss += value
+    optimizer.step()
+    return step_loss
+
+
+def _log_row(state: TrainState, *, lr: float, step_loss: float) -> dict:
+    return {"step": state.step, "train_minutes": f"{state.train_seconds / 60:.3f}", "lr": f"{lr:.4g}",
+            "loss": f"{step_loss:.6g}"}
+
+
+def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
+    config, context, out = run.config, run.context, run.out
+    samples_per_step = config.batch_size * config.grad_accum * context.world_size
+    batches = iter(train_loader(train_set, config, state.step, context))
+    heads = getattr(unwrap(run.model), "head_names", ())[1:]  # further heads are logged as <head>_<metric>
+    log_fields = LOG_FIELDS + [f"{head}_{metric}" for head in heads for metric in METRICS]
+    last_scores: dict = {}
+    bar = tqdm(total=config.iters, initial=state.step, disable=not progress, desc="train", unit="step")
+    running_loss = None
+    writer = _tensorboard(config, out) if context.is_main else None
+    while state.step < config.iters:
+        started = time.perf_counter()
+        lr = lr_at(state.step, base_lr=config.lr, iters=config.iters, schedule=config.schedule,
+                   warmup_iters=config.warmup_iters)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        step_loss = _train_step(run, batches, step=state.step)
+        state.step += 1
+        state.train_seconds += time.perf_counter() - started
+        running_loss = step_loss if running_loss is None else 0.9 * running_loss + 0.1 * step_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{running_loss:.4g}", img_s=f"{samples_per_step / (time.perf_counter() - started):.1f}")
+        row = _log_row(state, lr=lr, step_loss=step_loss)
+        out_of_time = config.time_budget_minutes is not None and any_rank(
+            state.train_seconds >= 60 * config.time_budget_minutes
+        )
+        finished = state.step == config.iters or out_of_time
+        if state.step % config.val_every == 0 or finished:
+            last_scores = _validate_and_save(run, state)
+            row.update({key: f"{last_scores[key]:.6f}" for key in METRICS})
+            row.update({f"{head}_{key}": f"{last_scores[head][key]:.6f}" for head in heads for key in METRICS})
+            others = "".join(f", {head} mean IU {100 * last_scores[head]['mean_iu']:.2f}" for head in heads)
+            if context.is_main:
+                bar.write(f"step {state.step}: mean IU {100 * last_scores['mean_iu']:.2f}{others}")
+        if context.is_main and (state.step % config.log_every == 0 or "mean_iu" in row):
+            _append_log(out / "log.csv", row, log_fields)
+            if writer is not None:
+                for key in ("loss", "lr", "mean_iu", "pixel_acc"):
+                    if row.get(key):
+                        writer.add_scalar(key, float(row[key]), state.step)
+        if finished or (config.stop_after is not None and state.step >= config.stop_after):
+            if not (state.step % config.val_every == 0 or finished) and context.is_main:
+                _save(run, state, "last.pt")
+            break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if context.is_main and (state.step == config.iters or config.stop_after is None):
+        from fcnseg.training.plots import plot_training_log
+
+        plot_training_log(out / "log.csv", out / "curves.png")
+    return {"step": state.step, "best_mean_iu": state.best_mean_iu, "last_scores": last_scores, "out": str(out)}
