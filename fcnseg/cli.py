@@ -18,6 +18,19 @@ def _parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _parse_tta(text: str):
+    from fcnseg.tta import parse_tta
+
+    try:
+        return parse_tta(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+TTA_HELP = ("test-time augmentation: average the class probabilities over views, 'flip', 'scales=0.75,1,1.25' "
+            "or both, 'flip,scales=0.75,1,1.25' (each view costs one forward pass)")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from fcnseg.stats import model_table
 
@@ -91,9 +104,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fcnseg.data import build_dataset, eval_transforms
     from fcnseg.distributed import pick_device
     from fcnseg.evaluate import evaluate, format_scores
+    from fcnseg.tta import TTAModel
 
     model, meta = _load_model(args.checkpoint)
     device = pick_device(args.device)
+    if args.tta is not None:
+        model = TTAModel(model, flip=args.tta.flip, scales=args.tta.scales)
     dataset = build_dataset(
         args.dataset, root=args.root, split=args.split, transforms=eval_transforms(normalization=meta.normalization)
     )
@@ -105,9 +121,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if args.json:
         scores["class_names"] = list(meta.class_names)
+        if args.tta is not None:
+            scores["tta"] = args.tta.spec
         print(json.dumps(scores))
     else:
-        print(f"{meta.model} on {args.dataset} {args.split} ({scores['num_images']} images)")
+        tta = f", TTA {args.tta.spec}" if args.tta is not None else ""
+        print(f"{meta.model} on {args.dataset} {args.split} ({scores['num_images']} images{tta})")
         print(format_scores(scores, meta.class_names))
     return 0
 
@@ -119,7 +138,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, meta = _load_model(args.checkpoint)
     results = predict_paths(
         model, meta, args.inputs, args.out, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha,
-        dense=args.dense, bf16=args.bf16,
+        dense=args.dense, bf16=args.bf16, tta=args.tta,
     )
     for result in results:
         shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
@@ -227,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--max-images", dest="max_images", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions)")
+    evaluate.add_argument("--tta", type=_parse_tta, default=None, metavar="SPEC", help=TTA_HELP)
     evaluate.set_defaults(func=cmd_eval)
 
     predict = commands.add_parser("predict", help="segment image files or folders")
@@ -241,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "CUDA); checked against float32 on a small example (docs/performance.md)")
     predict.add_argument("--dense", type=int, default=1, metavar="FACTOR",
                          help="score_fr made FACTOR times denser by shift-and-stitch (skips unused; default 1)")
+    predict.add_argument("--tta", type=_parse_tta, default=None, metavar="SPEC",
+                         help=TTA_HELP + "; with --dense, each view runs the rarefied model")
     predict.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="export a model to ONNX or TorchScript, checked against PyTorch")

@@ -17,7 +17,9 @@ Equivalence. With W ranks each taking ``batch_size`` B per micro-batch and ``gra
 The gradients are then equal up to the order of floating-point summation, provided the model treats the
 samples of a batch independently and deterministically: no batch statistics (``freeze_bn=true``, or
 SyncBatchNorm, which ``wrap_model`` uses on GPUs) and no random layers (``stochastic_layers=false`` turns off
-dropout and stochastic depth); ``loss_sample < 1`` draws per-rank random cells and is not covered either.
+dropout and stochastic depth); ``loss_sample < 1`` draws per-rank random cells and is not covered either, nor is
+OHEM (``ohem_threshold``), which picks each rank's hard pixels. Class weights are: their sum over counted pixels is
+the mean loss's normalizer, reduced like the pixel count.
 """
 
 from __future__ import annotations
@@ -141,10 +143,11 @@ def global_loss(
     """This rank's loss to back-propagate, and the loss of the whole (global) micro-batch as a number.
 
     ``terms`` holds one ``(loss summed over pixels, number of counted pixels)`` per head (multi-task models
-    sum their heads' losses). One ``all_reduce`` gives every head's global sum and count, so every rank
-    reports the same value (and stops together on a NaN). The returned loss is ``W * local_sum / global_count``
-    (``"mean"``) or ``W * local_sum`` (``"sum"``), divided by ``grad_accum`` as Caffe's ``iter_size``: DDP's
-    average over ranks of its gradient is the gradient of the single-process loss.
+    sum their heads' losses; with class weights, the weighted sum and the counted pixels' summed weights). One
+    ``all_reduce`` gives every head's global sum and count, so every rank reports the same value (and stops
+    together on a NaN). The returned loss is ``W * local_sum / global_count`` (``"mean"``) or ``W * local_sum``
+    (``"sum"``), divided by ``grad_accum`` as Caffe's ``iter_size``: DDP's average over ranks of its gradient is
+    the gradient of the single-process loss.
     """
     local = torch.stack([torch.stack([total.detach().float(), count.float()]) for total, count in terms])  # (H, 2)
     reduced = all_reduce_sum(local)

@@ -32,6 +32,8 @@ def evaluate(
     scored on the first mask. Under DDP (``context``), each rank scores images ``rank, rank + W, ...`` and
     the confusion matrices are summed over ranks: every rank gets the scores of the whole set.
     The model is put in eval mode and every module is restored to its previous mode afterwards.
+    Only the arg-max over classes is scored, so ``model`` may return probabilities instead of logits, as a
+    ``fcnseg.tta.TTAModel`` wrapping it does (``fcnseg eval --tta``).
     """
     context = context or DistContext()
     modes = {module: module.training for module in model.modules()}  # frozen batch norm stays frozen

@@ -19,6 +19,7 @@ from fcnseg.data.palettes import colorize
 from fcnseg.data.transforms import normalize
 from fcnseg.dense import rarefy
 from fcnseg.inference import inference_model
+from fcnseg.tta import TTAConfig, TTAModel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -75,13 +76,16 @@ def predict_paths(
     alpha: float = 0.5,
     dense: int = 1,
     bf16: bool = False,
+    tta: TTAConfig | None = None,
 ) -> Iterator[dict]:
     """Segment every input image; yields ``{"input", "labels", "overlay", "classes"}`` per image as it goes.
 
     ``overlay`` is ``"blend"`` (colours over the photo), ``"side-by-side"`` (photo | colours | blend) or ``"none"``.
     ``dense > 1`` scores with the model's stride-32 score_fr path made ``dense`` times denser by filter rarefaction
     (``fcnseg.dense.rarefy``: shift-and-stitch in one pass; skip layers unused). ``bf16``: bf16 autocast where the
-    hardware has fast bf16 kernels (``fcnseg.inference_model``; ignored with ``dense``).
+    hardware has fast bf16 kernels (``fcnseg.inference_model``; ignored with ``dense``). ``tta``: test-time
+    augmentation (``fcnseg.tta``), the arg-max of the class probabilities averaged over flipped and rescaled views,
+    each view run by the fast module (or the rarefied one, with ``dense``); ``None``: one plain pass.
     """
     if overlay not in ("blend", "side-by-side", "none"):
         raise ValueError(f"overlay must be 'blend', 'side-by-side' or 'none', got {overlay!r}")
@@ -93,6 +97,8 @@ def predict_paths(
     else:  # batch norm folded, channels_last: checked against the plain model on a small example
         in_channels = getattr(model, "in_channels", 3)
         model = inference_model(model, torch.randn(1, in_channels, 64, 96, device=device), bf16=bf16)
+    if tta is not None:
+        model = TTAModel(model, flip=tta.flip, scales=tta.scales)
     for path in iter_image_paths(inputs):
         image = read_image(path)
         labels = predict_labels(model, image, normalization=meta.normalization, device=device)

@@ -7,6 +7,7 @@ decides (the paper's learning rates and momentum, or modern defaults) for keys l
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -23,6 +24,7 @@ class TrainConfig:
     dataset: str = "camvid"
     root: str = ""
     train_split: str = "train"
+    train_splits: tuple[str, ...] | None = None  # train on these splits, concatenated (default: [train_split])
     val_split: str = "val"
     val_dataset: str | None = None  # validate on another data set (the paper: train sbd, validate voc seg11valid)
     val_root: str | None = None
@@ -39,6 +41,9 @@ class TrainConfig:
     warmup_iters: int = 0
     loss: str | None = None  # "sum" over pixels (paper) or "mean"
     loss_sample: float | None = None  # keep each final-layer cell's loss with this probability (paper 4.4)
+    class_weights: str | tuple[float, ...] | None = None  # "median_frequency", "enet" or num_classes floats
+    ohem_threshold: float | None = None  # OHEM: keep pixels whose true-class probability is below this ...
+    ohem_min_kept: int = 0  # ... but at least this many hardest counted pixels per micro-batch (and rank)
     crop_size: int | None = None  # 0 = whole images
     scale_range: tuple[float, float] | None = None
     hflip: bool | None = None
@@ -99,6 +104,14 @@ def resolve_recipe(config: TrainConfig) -> TrainConfig:
     return resolved
 
 
+CLASS_WEIGHT_RULES = ("median_frequency", "enet")  # as fcnseg.training.class_weights.RULES
+
+
+def training_splits(config: TrainConfig) -> tuple[str, ...]:
+    """The splits the training set concatenates: ``train_splits``, else ``train_split`` alone."""
+    return config.train_splits or (config.train_split,)
+
+
 def _check_choices(config: TrainConfig) -> None:
     choices = {"optimizer": ("sgd", "adamw"), "schedule": ("fixed", "poly", "cosine"), "loss": ("sum", "mean")}
     for key, allowed in choices.items():
@@ -112,6 +125,25 @@ def _check_choices(config: TrainConfig) -> None:
         raise ValueError(f"modalities must be a non-empty list of {MODALITIES}, got {list(config.modalities)}")
     if config.batch_size > 1 and not config.crop_size:
         raise ValueError("batch_size > 1 needs crop_size (whole images of different sizes cannot be batched)")
+    _check_recipe_options(config)
+
+
+def _check_recipe_options(config: TrainConfig) -> None:
+    """``class_weights``, OHEM and ``train_splits``; the weights' length is checked against the data set later."""
+    weights = config.class_weights
+    if isinstance(weights, str) and weights not in CLASS_WEIGHT_RULES:
+        raise ValueError(f"class_weights must be one of {CLASS_WEIGHT_RULES} or a list of floats, got {weights!r}")
+    if isinstance(weights, tuple) and not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"class_weights must be finite and non-negative, got {list(weights)}")
+    if config.ohem_threshold is not None and not 0 < config.ohem_threshold <= 1:
+        raise ValueError(f"ohem_threshold must be a probability in (0, 1], got {config.ohem_threshold}")
+    if config.ohem_min_kept < 0:
+        raise ValueError(f"ohem_min_kept must be >= 0, got {config.ohem_min_kept}")
+    if config.ohem_min_kept and config.ohem_threshold is None:
+        raise ValueError("ohem_min_kept needs ohem_threshold (OHEM is on only with a threshold)")
+    splits = config.train_splits
+    if splits is not None and (not splits or len(set(splits)) != len(splits)):
+        raise ValueError(f"train_splits must be a non-empty list of distinct split names, got {list(splits)}")
 
 
 def _coerce(name: str, annotation, value):
@@ -125,8 +157,10 @@ def _coerce(name: str, annotation, value):
             continue
         origin = typing.get_origin(kind)
         if origin is tuple and typing.get_args(kind)[-1] is Ellipsis:
-            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                return tuple(value)
+            if isinstance(value, (list, tuple)):
+                items = [_coerce_item(typing.get_args(kind)[0], item) for item in value]
+                if None not in items:
+                    return tuple(items)
             continue
         if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(kind)):
             return tuple(float(v) for v in value)
@@ -144,6 +178,18 @@ def _coerce(name: str, annotation, value):
         if kind is str and isinstance(value, str):
             return value
     raise ValueError(f"config key {name!r} expects {hint}, got {value!r}")
+
+
+def _coerce_item(kind: type, value):
+    """One element of a ``tuple[str, ...]`` or ``tuple[float, ...]`` key, or None if it does not fit."""
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def make_config(values: dict) -> TrainConfig:

@@ -3,6 +3,8 @@
 ``train(config)`` builds the data, model and optimizer from a TrainConfig, trains for
 ``config.iters`` optimizer steps, validates every ``val_every`` steps with the four metrics, and
 writes ``out/last.pt`` and ``out/best.pt`` atomically, a CSV log, the resolved config and a plot.
+When validation images are also training images (``val_split`` among ``train_splits``), a best score on them
+selects nothing: no ``best.pt`` is written, only ``last.pt``, and the run says so.
 ``train(config, resume=True)`` continues a killed run exactly: same step, optimizer, RNG and data.
 Under ``torchrun`` it trains with DistributedDataParallel (``fcnseg.distributed`` says what is equal to
 a single process); rank 0 logs and writes the files. Multi-task models (SIFT Flow) sum their heads' losses.
@@ -41,8 +43,9 @@ from fcnseg.evaluate import evaluate
 from fcnseg.inference.unfold_fc import unfold_large_convolutions
 from fcnseg.models.layers import DropPath
 from fcnseg.models.multimodal import early_fusion_from_rgb, late_fusion_from_streams
-from fcnseg.training.config import TrainConfig, config_to_yaml, resolve_recipe
-from fcnseg.training.data import build_datasets, modalities_for, train_loader
+from fcnseg.training.class_weights import cached_class_weights
+from fcnseg.training.config import TrainConfig, config_to_yaml, resolve_recipe, training_splits
+from fcnseg.training.data import build_datasets, modalities_for, shared_images, train_label_counts, train_loader
 from fcnseg.training.losses import loss_terms
 from fcnseg.training.setup import build_training_model, make_optimizer
 
@@ -75,6 +78,8 @@ class Run:
     device: torch.device
     context: DistContext
     out: Path
+    class_weights: torch.Tensor | None = None  # (K,) on ``device``: the cross-entropy's class weights
+    val_in_train: int = 0  # validation images that are training images; > 0: no best.pt is selected
 
 
 def lr_at(step: int, *, base_lr: float, iters: int, schedule: str, warmup_iters: int = 0) -> float:
@@ -172,14 +177,16 @@ def _validate_and_save(run: Run, state: TrainState) -> dict:
     if new_best:
         state.best_mean_iu = scores["mean_iu"]
     if run.context.is_main:
-        if new_best:
+        if new_best and not run.val_in_train:
             _save(run, state, "best.pt")
         _save(run, state, "last.pt")
     return scores
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train as ``config`` says; returns ``{"step", "best_mean_iu", "last_scores", "out"}``.
+    """Train as ``config`` says; returns ``{"step", "best_mean_iu", "last_scores", "out", "best_checkpoint",
+    "val_images_in_train"}``: ``best_checkpoint`` is None when no best.pt is selected (validation images that are
+    training images, ``val_images_in_train`` > 0, make ``best_mean_iu`` a training score).
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every process calls this; ``batch_size`` is per rank.
     """
@@ -204,8 +211,13 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
         raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
     model, normalization = _build_model(config)
     normalization = config.normalization or normalization
-    train_set, val_set = build_datasets(config, normalization, modalities_for(config, model))
+    modalities = modalities_for(config, model)
+    train_set, val_set = build_datasets(config, normalization, modalities)
     info = train_set.info
+    val_in_train = shared_images(train_set, val_set)
+    if val_in_train and context.is_main:
+        print(f"note: {val_in_train} of the {len(val_set)} validation images ({config.val_split}) are training "
+              f"images ({'+'.join(training_splits(config))}): best.pt is not written, only last.pt")
     meta = ModelMeta(
         model=config.model, num_classes=info.num_classes, class_names=info.class_names, palette=info.palette,
         normalization=normalization, ignore_index=info.ignore_index,
@@ -225,11 +237,41 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = wrap_model(model, context=context, device=device, sync_bn=config.sync_bn)
+    class_weights = _class_weights(config, num_classes=info.num_classes, ignore_index=info.ignore_index,
+                                   modalities=modalities, out=out, context=context)
     run = Run(model=model, optimizer=optimizer, val_set=val_set, meta=meta, config=config, device=device,
-              context=context, out=out)
+              context=context, out=out, val_in_train=val_in_train,
+              class_weights=None if class_weights is None else torch.tensor(class_weights, device=device))
     result = _loop(run, state, train_set=train_set, progress=progress)
     barrier()  # every rank returns once rank 0 has written its files
     return result
+
+
+def _class_weights(config: TrainConfig, *, num_classes: int, ignore_index: int, modalities: tuple[str, ...],
+                   out: Path, context: DistContext) -> list[float] | None:
+    """``config.class_weights``: None, the given list, or a rule's weights from the training masks, computed by
+    rank 0 into ``out/class_weights.json`` (or read from it, on resume) and read from there by the other ranks."""
+    if config.class_weights is None:
+        return None
+    if isinstance(config.class_weights, tuple):
+        if len(config.class_weights) != num_classes:
+            raise ValueError(f"class_weights lists {len(config.class_weights)} weights; the data set has "
+                             f"{num_classes} classes")
+        return list(config.class_weights)
+    key = {"dataset": config.dataset, "root": str(Path(config.root).resolve()), "splits": training_splits(config),
+           "ignore_index": ignore_index}
+    weights = None
+    for turn in ("main", "others"):  # rank 0 writes the cache before the other ranks read it
+        if context.is_main == (turn == "main"):
+            weights = cached_class_weights(
+                path=out / "class_weights.json", key=key, rule=config.class_weights, num_classes=num_classes,
+                per_image_counts=lambda: train_label_counts(config, modalities=modalities),
+            )
+        barrier()
+    if context.is_main:
+        print(f"class weights ({config.class_weights}, {out / 'class_weights.json'}): "
+              + " ".join(f"{w:.3g}" for w in weights))
+    return weights
 
 
 def _train_step(run: Run, batches, *, step: int) -> float:
@@ -246,7 +288,8 @@ def _train_step(run: Run, batches, *, step: int) -> float:
                     images = images.contiguous(memory_format=torch.channels_last)
                 outputs = model(images)
             terms = loss_terms(outputs, _masks_to(masks, device), ignore_index=run.meta.ignore_index,
-                               loss_sample=config.loss_sample)
+                               loss_sample=config.loss_sample, class_weights=run.class_weights,
+                               ohem_threshold=config.ohem_threshold, ohem_min_kept=config.ohem_min_kept)
             loss, value = global_loss(terms, reduction=config.loss, grad_accum=config.grad_accum,
                                       context=run.context)
             if not math.isfinite(value):
@@ -271,6 +314,8 @@ def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
     batches = iter(train_loader(train_set, config, state.step, context))
     heads = getattr(unwrap(run.model), "head_names", ())[1:]  # further heads are logged as <head>_<metric>
     log_fields = LOG_FIELDS + [f"{head}_{metric}" for head in heads for metric in METRICS]
+    if run.val_in_train:  # the validation columns score training images: the log says how many
+        log_fields.append("val_images_in_train")
     last_scores: dict = {}
     bar = tqdm(total=config.iters, initial=state.step, disable=not progress, desc="train", unit="step")
     running_loss = None
@@ -295,6 +340,7 @@ def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
         if state.step % config.val_every == 0 or finished:
             last_scores = _validate_and_save(run, state)
             row.update({key: f"{last_scores[key]:.6f}" for key in METRICS})
+            row["val_images_in_train"] = run.val_in_train
             row.update({f"{head}_{key}": f"{last_scores[head][key]:.6f}" for head in heads for key in METRICS})
             others = "".join(f", {head} mean IU {100 * last_scores[head]['mean_iu']:.2f}" for head in heads)
             if context.is_main:
@@ -316,4 +362,7 @@ def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
         from fcnseg.training.plots import plot_training_log
 
         plot_training_log(out / "log.csv", out / "curves.png")
-    return {"step": state.step, "best_mean_iu": state.best_mean_iu, "last_scores": last_scores, "out": str(out)}
+    best = out / "best.pt"
+    return {"step": state.step, "best_mean_iu": state.best_mean_iu, "last_scores": last_scores, "out": str(out),
+            "best_checkpoint": str(best) if best.is_file() and not run.val_in_train else None,
+            "val_images_in_train": run.val_in_train}

@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fcnseg.models import (MODEL_SPECS, CoarseScoring, ConvBatchNormPairs, ConvReLUPairs, build_model, list_models,
-                           model_spec)
+from fcnseg.models import (
+    MODEL_SPECS,
+    CoarseScoring,
+    ConvBatchNormPairs,
+    ConvReLUPairs,
+    build_model,
+    list_models,
+    model_spec,
+)
 from fcnseg.models.efficientnet_lite import EfficientNetLite, MBConvBlock
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "fcnseg" / "models"

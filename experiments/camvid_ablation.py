@@ -1,0 +1,77 @@
+"""Short equal-budget CamVid runs of recipe variants, scored on CamVid val: the ablation table of docs/camvid.md.
+
+    python experiments/camvid_ablation.py --root ../shared/data/camvid --out runs/ablation \
+        --variants base,base-seed1,enet,median,ohem --iters 500
+
+Each variant is ``experiments/configs/camvid-fcn8s-lite0.yaml`` plus its overrides (``VARIANTS``), trained with
+``fcnseg train`` in its own process for ``--iters`` steps (the poly schedule decays over exactly those steps),
+validated once at the end on all 101 val images. Variants that change the cost of a step (another backbone or
+crop size) get ``--iters`` scaled by the measured step-time ratio so that all spend about the same training
+minutes (``ITER_SCALE``). Prints a markdown table: val mean IU, Pole IU, training minutes, steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIG = Path(__file__).parent / "configs" / "camvid-fcn8s-lite0.yaml"
+FAST = ["amp=true", "channels_last=true"]  # the training step's fast path (bench/train_step.py)
+VARIANTS: dict[str, list[str]] = {
+    "base": FAST,
+    "base-seed1": FAST + ["seed=1"],
+    "fp32": [],
+    "enet": FAST + ["class_weights=enet"],
+    "median": FAST + ["class_weights=median_frequency"],
+    "ohem": FAST + ["ohem_threshold=0.7", "ohem_min_kept=100000"],
+    "enet-ohem": FAST + ["class_weights=enet", "ohem_threshold=0.7", "ohem_min_kept=100000"],
+    "lite1": FAST + ["model=fcn8s-lite1"],
+    "lite2": FAST + ["model=fcn8s-lite2"],
+    "crop384": FAST + ["crop_size=384"],
+}
+# Steps relative to the base, for equal training minutes (step times measured with bench/train_step.py-like
+# timing on this machine's CPU; set from a quiet-machine measurement before a run).
+ITER_SCALE: dict[str, float] = {}
+
+
+def run_variant(name: str, *, root: str, out: Path, iters: int) -> dict:
+    run_dir = out / name
+    steps = max(1, round(iters * ITER_SCALE.get(name, 1.0)))
+    command = [sys.executable, "-m", "fcnseg", "train", "--config", str(CONFIG), f"root={root}",
+               f"out={run_dir}", f"iters={steps}", f"val_every={steps}", "time_budget_minutes=null",
+               f"warmup_iters={min(50, steps // 10)}", *VARIANTS[name]]
+    if (run_dir / "last.pt").exists():
+        command.append("--resume")
+    subprocess.run(command, check=True)
+    rows = list(csv.DictReader((run_dir / "log.csv").open()))
+    last = next(row for row in reversed(rows) if row.get("mean_iu"))
+    scores_path = run_dir / "scores.json"
+    subprocess.run([sys.executable, "-m", "fcnseg", "eval", "--checkpoint", str(run_dir / "last.pt"),
+                    "--root", root, "--json"], check=True, stdout=scores_path.open("w"))
+    scores = json.loads(scores_path.read_text())
+    return {"name": name, "steps": steps, "minutes": float(last["train_minutes"]), "mean_iu": scores["mean_iu"],
+            "pole_iu": scores["per_class_iu"][2], "overrides": " ".join(VARIANTS[name]) or "(float32)"}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--variants", default="base,base-seed1,enet,median,ohem")
+    parser.add_argument("--iters", type=int, default=500)
+    args = parser.parse_args(argv)
+    results = [run_variant(name, root=args.root, out=Path(args.out), iters=args.iters)
+               for name in args.variants.split(",")]
+    print("| variant | overrides | steps | training minutes | val mean IU | Pole IU |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['name']} | {r['overrides']} | {r['steps']} | {r['minutes']:.1f} | {100 * r['mean_iu']:.2f} | "
+              f"{100 * r['pole_iu']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
