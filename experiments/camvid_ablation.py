@@ -38,12 +38,12 @@ VARIANTS: dict[str, list[str]] = {
 ITER_SCALE: dict[str, float] = {}
 
 
-def run_variant(name: str, *, root: str, out: Path, iters: int) -> dict:
+def run_variant(name: str, *, root: str, out: Path, iters: int, extra: list[str]) -> dict:
     run_dir = out / name
     steps = max(1, round(iters * ITER_SCALE.get(name, 1.0)))
     command = [sys.executable, "-m", "fcnseg", "train", "--config", str(CONFIG), f"root={root}",
                f"out={run_dir}", f"iters={steps}", f"val_every={steps}", "time_budget_minutes=null",
-               f"warmup_iters={min(50, steps // 10)}", *VARIANTS[name]]
+               f"warmup_iters={min(50, steps // 10)}", *VARIANTS[name], *extra]
     if (run_dir / "last.pt").exists():
         command.append("--resume")
     subprocess.run(command, check=True)
@@ -63,8 +63,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--variants", default="base,base-seed1,enet,median,ohem")
     parser.add_argument("--iters", type=int, default=500)
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value",
+                        help="overrides for every variant (e.g. threads=1 workers=1 to run two variants side by side, "
+                        "each pinned to one core with taskset)")
     args = parser.parse_args(argv)
-    results = [run_variant(name, root=args.root, out=Path(args.out), iters=args.iters)
+    results = [run_variant(name, root=args.root, out=Path(args.out), iters=args.iters, extra=args.set)
                for name in args.variants.split(",")]
     print("| variant | overrides | steps | training minutes | val mean IU | Pole IU |")
     print("|---|---|---:|---:|---:|---:|")

@@ -1,14 +1,17 @@
 """Package a trained CamVid run as fcnseg's shipped default model, with a few val images as examples.
 
-    python experiments/ship_default_model.py runs/camvid-fcn8s-lite0/best.pt --camvid ../shared/data/camvid
+    python experiments/ship_default_model.py runs/camvid-fcn8s-lite0-trainval/last.pt --camvid ../shared/data/camvid
 
-Writes fcnseg/assets/fcn8s-lite0-camvid.pt (fp16 weights, class names, palette, normalization, the val scores
-recorded at training time) and copies three CamVid val images to fcnseg/assets/examples/.
+Writes fcnseg/assets/fcn8s-lite0-camvid.pt (fp16 weights, class names, palette, normalization, the training step,
+minutes and config) and copies three CamVid val images to fcnseg/assets/examples/. A run whose training splits
+include val (``train_splits: [train, val]``) records ``val_held_out: false``: its val score is a training score.
 """
 
 import argparse
 import shutil
 from pathlib import Path
+
+import yaml
 
 from fcnseg.checkpoint import ASSETS, DEFAULT_CHECKPOINT, inference_checkpoint, load_checkpoint, save_atomically
 
@@ -21,9 +24,14 @@ def main() -> None:
     parser.add_argument("--camvid", required=True, help="CamVid root (SegNet layout) to copy example images from")
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.checkpoint)
+    config = yaml.safe_load(checkpoint.get("config") or "") or {}
+    splits = config.get("train_splits") or [config.get("train_split", "train")]
+    held_out = config.get("val_split", "val") not in splits
     slim = inference_checkpoint(
-        checkpoint, training={"step": checkpoint.get("step"), "best_mean_iu": checkpoint.get("best_mean_iu"),
-                              "train_seconds": checkpoint.get("train_seconds"), "config": checkpoint.get("config")}
+        checkpoint, training={"step": checkpoint.get("step"), "train_seconds": checkpoint.get("train_seconds"),
+                              "best_mean_iu": checkpoint.get("best_mean_iu") if held_out else None,
+                              "train_splits": list(splits), "val_held_out": held_out,
+                              "config": checkpoint.get("config")}
     )
     save_atomically(slim, DEFAULT_CHECKPOINT)
     examples = ASSETS / "examples"

@@ -9,6 +9,7 @@ checkpoints add the optimizer, step, RNG states and config, so ``--resume`` cont
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,8 +44,14 @@ class ModelMeta:
     in_channels: int = 3
 
 
-def save_atomically(obj: object, out_path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``out_path``, then rename: never a half-written file."""
+def save_atomically(
+    obj: object, out_path: str | os.PathLike, *, keep_previous: str | os.PathLike | None = None
+) -> None:
+    """``torch.save`` to a temporary file beside ``out_path``, then rename: never a half-written file.
+
+    With ``keep_previous``, an existing ``out_path`` is renamed to that path once the new file is complete, just
+    before the new one takes its place (a reader that finds no ``out_path`` in between reads ``keep_previous``).
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
@@ -54,6 +61,8 @@ def save_atomically(obj: object, out_path: str | os.PathLike) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temp_name, 0o644)  # mkstemp's 0600 would be surprising on a shared weights file
+        if keep_previous is not None and out_path.exists():
+            os.replace(out_path, keep_previous)
         os.replace(temp_name, out_path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -80,15 +89,42 @@ def make_checkpoint(model: nn.Module, meta: ModelMeta, **extra) -> dict:
     }
 
 
+def read_torch_file(path: Path, *, what: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, every failure one ``CheckpointError`` naming the file:
+    missing, unreadable, not a PyTorch file, truncated, or holding Python objects beyond tensors and plain values
+    (refused: loading those runs code, so PyTorch's advice to pass ``weights_only=False`` is not repeated)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what} file")
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read the {what} file: {error.strerror or error}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is at fault
+        raise CheckpointError(f"{path}: not a readable {what}: {_load_problem(error, head=head)}") from None
+
+
+def _load_problem(error: Exception, *, head: bytes) -> str:
+    """What is wrong with a file ``torch.load`` refused, in a few words, without PyTorch's multi-line advice."""
+    text = str(error)
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsupported:
+        return f"the file holds a Python object ({unsupported.group(1)}) beyond tensors and plain values"
+    if head.startswith(b"PK"):  # a zip archive: torch.save's format, but incomplete or damaged
+        return "the file is truncated or corrupt (its zip archive cannot be read)"
+    if not head:
+        return "the file is empty"
+    return "the file is not a PyTorch file (garbage, or another format)"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read and validate a checkpoint file (format, version, model name); tensors stay on the CPU."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors alike: the file is not a checkpoint we can read
-        raise CheckpointError(f"{path}: not a readable fcnseg checkpoint ({type(error).__name__}: {error})") from None
+    checkpoint = read_torch_file(path, what="fcnseg checkpoint")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an fcnseg checkpoint (no format marker {CHECKPOINT_FORMAT!r})")
     version = checkpoint.get("format_version")

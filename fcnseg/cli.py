@@ -18,6 +18,26 @@ def _parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _parse_opacity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (0: the photo only, 1: the colours only), got {text}")
+    return value
+
+
+def _parse_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1: off), got {text}")
+    return value
+
+
 def _parse_tta(text: str):
     from fcnseg.tta import parse_tta
 
@@ -75,6 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fcnseg.distributed import context_from_env
     from fcnseg.training import train
     from fcnseg.training.config import load_config, parse_overrides
+    from fcnseg.training.interrupts import TrainingInterrupted
 
     overrides = parse_overrides(args.overrides)
     for key in ("model", "dataset", "root", "iters", "batch_size", "out", "recipe", "loss_sample"):
@@ -82,9 +103,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = value
     config = load_config(args.config, overrides)
-    result = train(config, resume=args.resume)
-    if context_from_env().is_main:  # under torchrun, print once
-        print(f"step {result['step']}: best mean IU {100 * result['best_mean_iu']:.2f}; checkpoints in {result['out']}")
+    is_main = context_from_env().is_main  # under torchrun, print once
+    try:
+        result = train(config, resume=args.resume)
+    except TrainingInterrupted as interrupted:  # last.pt is written
+        if is_main:
+            print(f"fcnseg train: {interrupted}", file=sys.stderr)
+        return interrupted.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C
+        if is_main:
+            print("fcnseg train: interrupted again: stopped at once, without saving; --resume continues from the "
+                  "last checkpoint", file=sys.stderr)
+        return 130  # 128 + SIGINT, as the shell reports it
+    if is_main:
+        best = result["best_mean_iu"]  # -1 until a validation
+        scores = f"best mean IU {100 * best:.2f}" if best >= 0 else "no validation yet"
+        print(f"step {result['step']}: {scores}; checkpoints in {result['out']}")
     return 0
 
 
@@ -133,22 +167,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fcnseg.distributed import pick_device
-    from fcnseg.predict import predict_paths
+    from fcnseg.predict import iter_predictions, plan_predictions
 
+    plan = plan_predictions(args.inputs, args.out)  # inputs, output names and --out checked before the model loads
+    for path, reason in plan.skipped:
+        print(f"fcnseg predict: skipped {path}: {reason}", file=sys.stderr)
     model, meta = _load_model(args.checkpoint)
-    results = predict_paths(
-        model, meta, args.inputs, args.out, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha,
+    results = iter_predictions(
+        model, meta, plan, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha,
         dense=args.dense, bf16=args.bf16, tta=args.tta,
     )
+    failed = 0
     for result in results:
+        if result["error"] is not None:
+            failed += 1
+            print(f"fcnseg predict: error: {result['error']} (skipped; continuing)", file=sys.stderr)
+            continue
         shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
         print(f"{result['input']} -> {result['labels']}: {shares}")
+    if failed:
+        print(f"fcnseg predict: {failed} of {len(plan.jobs)} images failed (named above); the others were written "
+              f"to {plan.out_dir}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from fcnseg.export import export_onnx, export_torchscript
+    from fcnseg.outputs import require_writable_file
 
+    require_writable_file(args.out)  # before the model loads
     model, meta = _load_model(args.checkpoint)
     if args.format == "onnx":
         path = export_onnx(model, args.out)
@@ -197,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fcnseg", description="Fully Convolutional Networks for Semantic Segmentation, in PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (as the environment variable FCNSEG_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     models = commands.add_parser("models", help="list the models with parameter counts and GFLOPs")
@@ -236,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep each final-layer cell's loss with probability P (the paper's patch sampling)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=0.01")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, usage_error=train.error)
 
     evaluate = commands.add_parser("eval", help="score a model with pixel acc., mean acc., mean IU, f.w. IU")
     evaluate.add_argument("--checkpoint", help="an fcnseg checkpoint (default: the shipped CamVid model)")
@@ -250,16 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     predict = commands.add_parser("predict", help="segment image files or folders")
-    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("inputs", nargs="+",
+                         help="image files or folders (walked with their subfolders; outputs mirror their paths)")
     predict.add_argument("--checkpoint", help="an fcnseg checkpoint (default: the shipped CamVid model)")
     predict.add_argument("--out", default="predictions", help="output folder (default predictions/)")
     predict.add_argument("--overlay", choices=["blend", "side-by-side", "none"], default="blend")
-    predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    predict.add_argument("--alpha", type=_parse_opacity, default=0.5,
+                         help="overlay opacity in [0, 1] (default 0.5)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--bf16", action="store_true",
                          help="bf16 inference where the hardware has fast bf16 kernels (AMX or AVX512-BF16 CPUs, "
                          "CUDA); checked against float32 on a small example (docs/performance.md)")
-    predict.add_argument("--dense", type=int, default=1, metavar="FACTOR",
+    predict.add_argument("--dense", type=_parse_positive_int, default=1, metavar="FACTOR",
                          help="score_fr made FACTOR times denser by shift-and-stitch (skips unused; default 1)")
     predict.add_argument("--tta", type=_parse_tta, default=None, metavar="SPEC",
                          help=TTA_HELP + "; with --dense, each view runs the rarefied model")
@@ -293,16 +345,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with ``train``'s ``key=value`` overrides accepted after flags as well as before."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "train" and not any(item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]  # e.g. `train crop_size=64 --iters 1 lr=0.1`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "command", None) == "train" and not (
+        args.config or args.root or any(item.startswith("root=") for item in args.overrides)
+    ):
+        args.usage_error("give the data set's folder: --root DIR (or root=DIR, or root: in a --config file)")
+    return args
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for an error the CLI reports without a traceback."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        target = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{error.filename}{target}: {error.strerror}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (ValueError, OSError)):  # fcnseg's own errors (DataError, CheckpointError, ...) included
+        return text
+    return f"{type(error).__name__}: {text} (FCNSEG_DEBUG=1 shows the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a known error becomes one line on stderr and exit code 2 (``--debug`` or ``FCNSEG_DEBUG=1``:
+    the traceback instead), an interrupt exit code 130."""
+    import os
+
+    import yaml
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    debug = args.debug or os.environ.get("FCNSEG_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, RuntimeError) as error:
-        print(f"fcnseg {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"fcnseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, yaml.YAMLError, KeyError, TypeError, RuntimeError) as error:
+        if debug:
+            raise
+        print(f"fcnseg {args.command}: error: {describe_error(error)}", file=sys.stderr)
         return 2
 
 

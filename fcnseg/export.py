@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from fcnseg.models.efficientnet_lite import SameConv2d
 from fcnseg.models.layers import same_padding
+from fcnseg.outputs import require_writable_file
 
 DEFAULT_CHECK_SIZES: tuple[tuple[int, int], ...] = ((45, 71), (97, 130))
 
@@ -66,9 +67,10 @@ def export_onnx(
 ) -> str:
     """Write ``model`` (eval mode, on the CPU) as ONNX, input ``image`` ``(N, C, H, W)`` -> ``logits``.
 
-    Batch, height and width are dynamic. Returns the path. Needs ``onnxruntime`` for the check; without it
+    Batch, height and width are dynamic. Returns the path; ``OutputError`` when it cannot be written. Needs ``onnxruntime`` for the check; without it
     the check is skipped with a warning.
     """
+    require_writable_file(path)  # before the export's minutes of work
     model = model.eval().cpu()
     example = torch.randn(*example_size)
     dynamic = {0: "batch", 2: "height", 3: "width"}
@@ -107,6 +109,7 @@ def export_torchscript(
     """Write ``model`` (eval mode, CPU) with ``torch.jit.script``; falls back to ``torch.jit.trace`` only if
     the traced module matches at every ``check_sizes`` (tracing bakes Python size arithmetic in). Returns the path.
     """
+    require_writable_file(path)
     model = model.eval().cpu()
     try:
         scripted = torch.jit.script(model)

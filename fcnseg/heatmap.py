@@ -18,6 +18,7 @@ from PIL import Image
 from fcnseg.data.base import read_image
 from fcnseg.data.transforms import normalize
 from fcnseg.models.efficientnet_lite import EfficientNetLite, load_pretrained_lite
+from fcnseg.outputs import require_writable_file
 
 
 def imagenet_categories() -> list[str]:
@@ -82,11 +83,16 @@ def overlay_heatmap(image: torch.Tensor, heat: torch.Tensor, *, alpha: float = 0
 def heatmap_file(
     image_path: str | Path, out_path: str | Path, *, class_name: str | None = None, variant: str = "lite0"
 ) -> dict:
-    """Write the overlay for one image; returns the class shown and the top-5 predictions."""
-    classifier = load_pretrained_lite(variant)
+    """Write the overlay for one image; returns the class shown and the top-5 predictions.
+
+    The image, the class name and ``out_path`` (``OutputError`` when it cannot be written) are checked before
+    the classifier runs.
+    """
+    require_writable_file(out_path)
+    image = read_image(Path(image_path))
     categories = imagenet_categories()
     class_index = find_class(class_name, categories) if class_name else None
-    image = read_image(Path(image_path))
+    classifier = load_pretrained_lite(variant)
     heat, class_index, logits = heatmap(classifier, image, class_index=class_index)
     overlay_heatmap(image, heat).save(out_path)
     top5 = logits.softmax(0).topk(5)

@@ -1,5 +1,11 @@
 """What every data set shares: `DatasetInfo`, `DataError`, file readers with clear errors, and the
-`SegmentationDataset` base that turns (image path, mask path) samples into `(Image, Mask)` pairs."""
+`SegmentationDataset` base that turns (image path, mask path) samples into `(Image, Mask)` pairs.
+
+`rgb_pixels` is the one image conversion of fcnseg: the data sets, eval, predict, heatmap and the server's
+`decode_image` all read photos through it, so one file gives the same pixels everywhere. Images and masks are
+both read upright, each by its own EXIF orientation (annotation tools draw on the upright image and write masks
+without an orientation tag; the public data sets carry none), so a mask lines up with its image as shown.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 # Any callable `transforms(image, target) -> (image, target)`, e.g. `fcnseg.data.transforms.JointTransform`.
@@ -65,24 +71,56 @@ def require_files(paths: Iterable[Path], *, what: str) -> None:
         raise DataError(f"{len(missing)} missing {what} file(s): {shown}{more}")
 
 
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """A decoded Pillow image as ``(H, W, 3)`` uint8 RGB, shown upright (EXIF orientation applied).
+
+    Modes with more than 8 bits are scaled, not clipped: 16-bit (``I;16*``) and 32-bit integer (``I``, taken
+    as 16-bit data, as Pillow opens 16-bit files) by 255 / 65535; float (``F``) by 255 when its values lie in
+    [0, 1], else taken as 0-255. Palette images use their colours; alpha is ignored (a transparent pixel keeps
+    its stored colour); CMYK, YCbCr, greyscale and bilevel go through Pillow's RGB conversion.
+    """
+    image = ImageOps.exif_transpose(image)  # (W, H) as shown; a copy without the orientation tag
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)  # (H, W)
+        if image.mode != "F":
+            values = values * (255 / 65535)
+        elif values.size and np.nanmax(values) <= 1.0:
+            values = values * 255
+        grey = np.clip(np.nan_to_num(values).round(), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)  # (H, W, 3)
+    if image.mode in ("P", "PA"):  # through RGBA: Pillow warns on palette transparency converted straight to RGB
+        image = image.convert("RGBA")
+    return np.array(image.convert("RGB"))  # (H, W, 3)
+
+
 def read_image(path: Path) -> torch.Tensor:
-    """An RGB image file as a uint8 tensor (3, H, W)."""
+    """An image file as a uint8 RGB tensor (3, H, W), upright and converted as `rgb_pixels` says."""
     try:
         with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))  # (H, W, 3)
-    except PIL_ERRORS as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
+            rgb = rgb_pixels(image)  # (H, W, 3)
+    except Exception as error:  # Pillow's decoders and EXIF parser raise OSError, ValueError,
+        # SyntaxError, struct.error, ... on bad files: whatever the type, the file is at fault
+        raise DataError(f"cannot read image {path}: {_describe(error)}") from error
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
+def _describe(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image file Pillow can read (unknown format, empty or corrupt)"
+    return text.replace(" (or use ImageFile.LOAD_TRUNCATED_IMAGES)", "")
+
+
 def read_label_png(path: Path) -> np.ndarray:
-    """A palette or grayscale label image as its (H, W) indices, never converted through RGB."""
+    """A palette or grayscale label image as its (H, W) indices, never converted through RGB; upright by its
+    own EXIF orientation, as `read_image` reads its photo."""
     try:
         with Image.open(path) as image:
-            mode = image.mode
-            labels = np.array(image)  # (H, W)
-    except PIL_ERRORS as error:
-        raise DataError(f"cannot read mask {path}: {error}") from error
+            upright = ImageOps.exif_transpose(image)
+            mode = upright.mode
+            labels = np.array(upright)  # (H, W)
+    except Exception as error:  # as read_image
+        raise DataError(f"cannot read mask {path}: {_describe(error)}") from error
     if mode not in MASK_MODES:
         raise DataError(
             f"mask {path} has mode {mode!r}; expected a palette or grayscale image of label indices "
@@ -110,9 +148,12 @@ def check_size(*, mask: np.ndarray, image_size: tuple[int, int], mask_path: Path
     if mask.ndim != 2:
         raise DataError(f"mask {mask_path} should be (H, W), got shape {mask.shape}")
     if tuple(mask.shape) != tuple(image_size):
+        swapped = tuple(mask.shape) == tuple(image_size)[::-1]
+        hint = (" (height and width swapped: both are read upright by their own EXIF orientation; was the mask "
+                "drawn on the stored, unrotated image?)") if swapped else ""
         raise DataError(
             f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {image_path} is "
-            f"{image_size[0]}x{image_size[1]}"
+            f"{image_size[0]}x{image_size[1]}{hint}"
         )
 
 

@@ -2,9 +2,12 @@
 
   root/images/<stem>.{jpg,jpeg,png,bmp,tif,tiff}
   root/masks/<stem>.png       palette or grayscale PNG of label indices (0 .. num_classes-1, 255 = ignore)
-  root/classes.txt            optional: one class name a line; else pass num_classes
+  root/classes.txt            one class name a line, line i naming label i (FolderDataset may take num_classes
+                              instead; `fcnseg train` reads the classes from this file)
   root/{split}.txt            optional: the stems of a split, one a line; split "all" (without all.txt) takes
-                              every image
+                              every image (`fcnseg train ... train_split=all val_split=all`)
+
+Images and masks are read upright, each by its own EXIF orientation (`fcnseg.data.base`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 def folder_info(root: Path, *, num_classes: int | None, ignore_index: int = 255) -> DatasetInfo:
     """Class names from root/classes.txt, or "class_<i>" for `num_classes` classes."""
+    if not root.is_dir():
+        raise DataError(f"data set root {root} {'is a file, not a folder' if root.exists() else 'does not exist'}")
     classes_file = root / "classes.txt"
     if classes_file.is_file():
         class_names = tuple(read_list(classes_file))
@@ -36,7 +41,10 @@ def folder_info(root: Path, *, num_classes: int | None, ignore_index: int = 255)
     elif num_classes is not None and num_classes > 0:
         class_names = tuple(f"class_{index}" for index in range(num_classes))
     else:
-        raise DataError(f"missing class list {classes_file}: write one class name a line there, or pass num_classes")
+        raise DataError(
+            f"missing class list {classes_file}: write the class names there, one a line (line i names label i); "
+            "in Python, FolderDataset(..., num_classes=N) works without it"
+        )
     return DatasetInfo(
         name="folder",
         class_names=class_names,
@@ -70,7 +78,10 @@ def folder_samples(root: Path, split: str) -> tuple[list[tuple[Path, Path]], str
     elif split == "all":
         stems, source = sorted(images), str(image_dir)
     else:
-        raise DataError(f"missing list file: {list_file} (list the split's stems there, or use split='all')")
+        raise DataError(
+            f"missing list file {list_file}: list the split's image stems there, one a line, or use every image "
+            "with the split 'all' (fcnseg train ... train_split=all val_split=all; in Python, split='all')"
+        )
     unmatched = [str(images[stem]) for stem in stems if not (mask_dir / f"{stem}.png").is_file()]
     if unmatched:
         raise DataError(
@@ -91,8 +102,8 @@ class FolderDataset(SegmentationDataset):
         num_classes: int | None = None,
         ignore_index: int = 255,
     ) -> None:
-        root = require_dir(Path(root), what="dataset root")
-        info = folder_info(root, num_classes=num_classes, ignore_index=ignore_index)
+        root = Path(root)
+        info = folder_info(root, num_classes=num_classes, ignore_index=ignore_index)  # checks root first
         samples, source = folder_samples(root, split)
         super().__init__(samples=samples, info=info, transforms=transforms, source=source)
 

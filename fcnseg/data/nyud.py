@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 from fcnseg.data.base import (
@@ -58,7 +58,7 @@ def read_depth(path: Path) -> torch.Tensor:
     """A single-channel depth PNG as float32 (1, H, W), in the file's units."""
     try:
         with Image.open(path) as image:
-            depth = np.array(image, dtype=np.float32)
+            depth = np.array(ImageOps.exif_transpose(image), dtype=np.float32)  # upright, as read_image
     except PIL_ERRORS as error:
         raise DataError(f"cannot read depth image {path}: {error}") from error
     if depth.ndim != 2:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from fcnseg.data.base import rgb_pixels
 from fcnseg.data.palettes import colorize
 from fcnseg.predict import blend_overlay
 
@@ -56,7 +57,8 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> torch.Tensor:
-    """Image file bytes -> ``(3, H, W)`` uint8 RGB, upright (EXIF orientation applied); raises ``BadImage``.
+    """Image file bytes -> ``(3, H, W)`` uint8 RGB, upright (EXIF orientation applied) and converted as
+    ``fcnseg.data.base.rgb_pixels`` (the same pixels as ``fcnseg predict`` reads); raises ``BadImage``.
 
     415: not an image in ``ACCEPTED_FORMATS``. 413: more than ``max_pixels`` pixels (checked on the header,
     before decoding) or over Pillow's own decompression-bomb limit. 422: an image that is empty, truncated,
@@ -88,8 +90,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> torch.Tensor:
             raise BadImage(f"the image has no pixels ({width}x{height})", status=422)
         try:
             image.load()  # the first frame only, for animated GIF, WebP and multi-page TIFF
-            upright = ImageOps.exif_transpose(image)
-            rgb = np.array(upright.convert("RGB"))  # (H, W, 3)
+            rgb = rgb_pixels(image)  # (H, W, 3): upright, 16-bit scaled, as every file reader of fcnseg
         except Image.DecompressionBombError as error:
             raise BadImage(f"the image is too large to decode safely: {error}", status=413) from None
         except Exception as error:  # noqa: BLE001 - Pillow's decoders raise OSError, ValueError, struct.error,

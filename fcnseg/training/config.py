@@ -58,7 +58,9 @@ class TrainConfig:
     normalization: str | None = None  # input convention; default: the model's ("imagenet" after a torchvision init)
     modalities: tuple[str, ...] | None = None  # NYUDv2 inputs stacked in this order; default: the model's
     init_weights_hha: str | None = None  # fcn32s-nyud-rgbhha: the HHA stream's init_weights (default: init_weights)
-    val_every: int = 500
+    val_every: int = 500  # validate (and write best.pt on a new best) every this many steps
+    checkpoint_every: int | None = None  # write last.pt every this many steps (no validation) ...
+    checkpoint_minutes: float | None = 5.0  # ... and this long (wall clock) after the last one; null: never
     val_max_images: int | None = None
     log_every: int = 20
     workers: int = 2
@@ -121,6 +123,9 @@ def _check_choices(config: TrainConfig) -> None:
         raise ValueError(f"loss_sample must be in (0, 1], got {config.loss_sample}")
     if config.batch_size < 1 or config.grad_accum < 1 or config.iters < 1:
         raise ValueError("batch_size, grad_accum and iters must be positive")
+    for key in ("val_every", "log_every", "checkpoint_every", "checkpoint_minutes"):
+        if getattr(config, key) is not None and not getattr(config, key) > 0:
+            raise ValueError(f"{key} must be positive (or null, for the checkpoint keys), got {getattr(config, key)}")
     if config.modalities is not None and (not config.modalities or set(config.modalities) - set(MODALITIES)):
         raise ValueError(f"modalities must be a non-empty list of {MODALITIES}, got {list(config.modalities)}")
     if config.batch_size > 1 and not config.crop_size:
@@ -205,9 +210,13 @@ def parse_overrides(pairs: list[str]) -> dict:
     values = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"override {pair!r} is not key=value")
-        values[key.strip()] = yaml.safe_load(text)
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"override {pair!r}: the value {text!r} is not valid YAML ({problem})") from None
     return values
 
 
@@ -217,7 +226,15 @@ def load_config(path: str | Path | None, overrides: dict) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such config file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (a config is YAML text)") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}: YAML syntax error{where}: {problem}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of key: value")
         values.update(loaded)

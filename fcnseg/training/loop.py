@@ -1,11 +1,14 @@
 """End-to-end pixelwise training (paper, section 4): plain code, no hooks.
 
 ``train(config)`` builds the data, model and optimizer from a TrainConfig, trains for
-``config.iters`` optimizer steps, validates every ``val_every`` steps with the four metrics, and
-writes ``out/last.pt`` and ``out/best.pt`` atomically, a CSV log, the resolved config and a plot.
+``config.iters`` optimizer steps, validates every ``val_every`` steps with the four metrics (writing
+``out/best.pt`` on a new best), writes ``out/last.pt`` every ``checkpoint_every`` steps or ``checkpoint_minutes``
+of wall clock (both atomically; the one before stays as ``last.prev.pt``), a CSV log, the resolved config and a plot.
+SIGINT and SIGTERM finish the step, write ``last.pt`` and raise ``TrainingInterrupted`` (``interrupts.py``).
 When validation images are also training images (``val_split`` among ``train_splits``), a best score on them
 selects nothing: no ``best.pt`` is written, only ``last.pt``, and the run says so.
-``train(config, resume=True)`` continues a killed run exactly: same step, optimizer, RNG and data.
+``train(config, resume=True)`` continues a killed run exactly: same step, optimizer, RNG and data, and log.csv
+cut back to the checkpoint's step (from ``last.prev.pt``, with a warning, when ``last.pt`` is unreadable).
 Under ``torchrun`` it trains with DistributedDataParallel (``fcnseg.distributed`` says what is equal to
 a single process); rank 0 logs and writes the files. Multi-task models (SIFT Flow) sum their heads' losses.
 
@@ -15,9 +18,11 @@ and a ``TrainState`` (what a checkpoint saves and ``--resume`` restores).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
+import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fcnseg.checkpoint import ModelMeta, load_checkpoint, make_checkpoint, save_atomically
+from fcnseg.checkpoint import CheckpointError, ModelMeta, load_checkpoint, make_checkpoint, save_atomically
 from fcnseg.distributed import (
     DistContext,
     any_rank,
@@ -46,6 +51,8 @@ from fcnseg.models.multimodal import early_fusion_from_rgb, late_fusion_from_str
 from fcnseg.training.class_weights import cached_class_weights
 from fcnseg.training.config import TrainConfig, config_to_yaml, resolve_recipe, training_splits
 from fcnseg.training.data import build_datasets, modalities_for, shared_images, train_label_counts, train_loader
+from fcnseg.training.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
+from fcnseg.training.logs import append_row, drop_rows_after, tensorboard_writer
 from fcnseg.training.losses import loss_terms
 from fcnseg.training.setup import build_training_model, make_optimizer
 
@@ -78,6 +85,7 @@ class Run:
     device: torch.device
     context: DistContext
     out: Path
+    stop: StopRequest  # what the signal handlers recorded
     class_weights: torch.Tensor | None = None  # (K,) on ``device``: the cross-entropy's class weights
     val_in_train: int = 0  # validation images that are training images; > 0: no best.pt is selected
 
@@ -127,28 +135,43 @@ def _set_training_modes(model: nn.Module, config: TrainConfig) -> None:
             module.eval()  # EfficientNet-Lite's per-sample stochastic depth
 
 
-def _append_log(path: Path, row: dict, fields: list[str]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerow({key: row.get(key, "") for key in fields})
-
-
 def _save(run: Run, state: TrainState, name: str) -> None:
     checkpoint = make_checkpoint(
         unwrap(run.model), run.meta, optimizer=run.optimizer.state_dict(), step=state.step,
         best_mean_iu=state.best_mean_iu, train_seconds=state.train_seconds, rng_state=torch.get_rng_state(),
         config=config_to_yaml(run.config),
     )
-    save_atomically(checkpoint, run.out / name)
+    keep_previous = run.out / "last.prev.pt" if name == "last.pt" else None
+    save_atomically(checkpoint, run.out / name, keep_previous=keep_previous)
 
 
-def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig) -> TrainState:
-    checkpoint = load_checkpoint(out / "last.pt")
+def _resume_checkpoint(out: Path, *, is_main: bool) -> tuple[Path, dict] | None:
+    """``out/last.pt``, or ``out/last.prev.pt`` (with a one-line warning) when last.pt is unreadable or missing;
+    None when neither exists. Rank 0 renames an unreadable last.pt, so that the next save keeps last.prev.pt."""
+    last, previous = out / "last.pt", out / "last.prev.pt"
+    if not last.exists() and not previous.exists():
+        return None
+    try:
+        return last, load_checkpoint(last)
+    except CheckpointError as error:
+        if not previous.is_file():
+            raise
+        checkpoint = load_checkpoint(previous)
+        if is_main:
+            kept = ""
+            if last.exists():
+                os.replace(last, out / "last.unreadable.pt")
+                kept = f"; the unreadable file is now {out / 'last.unreadable.pt'}"
+            reason = str(error).splitlines()[0].removeprefix(f"{last}: ")
+            print(f"warning: {last} is unreadable ({reason}); resuming from {previous} (step {checkpoint['step']})"
+                  f"{kept}", file=sys.stderr)
+        return previous, checkpoint
+
+
+def _restore(path: Path, checkpoint: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+             config: TrainConfig) -> TrainState:
     if checkpoint["model"] != config.model:
-        raise ValueError(f"{out / 'last.pt'} holds a {checkpoint['model']} run; this config trains {config.model}")
+        raise ValueError(f"{path} holds a {checkpoint['model']} run; this config trains {config.model}")
     model.load_state_dict(checkpoint["state_dict"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng_state"])
@@ -156,18 +179,8 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, conf
                       train_seconds=float(checkpoint["train_seconds"]))
 
 
-def _tensorboard(config: TrainConfig, out: Path):
-    if not config.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as error:
-        raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from error
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
-
-
-def _validate_and_save(run: Run, state: TrainState) -> dict:
-    """Score on every rank (each its share of the images); rank 0 writes best.pt (on a new best) and last.pt."""
+def _validate(run: Run, state: TrainState) -> dict:
+    """Score on every rank (each its share of the images); rank 0 writes best.pt on a new best."""
     scores = evaluate(
         unwrap(run.model), run.val_set, num_classes=run.meta.num_classes, device=run.device,
         ignore_index=run.meta.ignore_index, max_images=run.config.val_max_images,
@@ -176,10 +189,8 @@ def _validate_and_save(run: Run, state: TrainState) -> dict:
     new_best = scores["mean_iu"] > state.best_mean_iu  # the same on every rank: the scores are reduced
     if new_best:
         state.best_mean_iu = scores["mean_iu"]
-    if run.context.is_main:
-        if new_best and not run.val_in_train:
-            _save(run, state, "best.pt")
-        _save(run, state, "last.pt")
+    if run.context.is_main and new_best and not run.val_in_train:
+        _save(run, state, "best.pt")
     return scores
 
 
@@ -198,17 +209,22 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     torch.manual_seed(config.seed)
     context, device = setup_distributed(pick_device(config.device))
     try:
-        return _train(config, resume=resume, progress=progress and context.is_main, device=device, context=context)
+        # Under torchrun every Ctrl-C reaches the ranks twice (the terminal's, and torchrun's forwarded copy).
+        with stop_on_signals(force_on_second_sigint=not context.distributed) as stop:
+            return _train(config, resume=resume, progress=progress and context.is_main, device=device,
+                          context=context, stop=stop)
     finally:
         if context.owns_group:
             teardown_distributed()
 
 
-def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context: DistContext) -> dict:
+def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context: DistContext,
+           stop: StopRequest) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not resume and (out / "last.pt").exists():
-        raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
+    for name in ("last.pt", "last.prev.pt"):
+        if not resume and (out / name).exists():
+            raise FileExistsError(f"{out / name} exists: pass --resume to continue it, or choose another --out")
     model, normalization = _build_model(config)
     normalization = config.normalization or normalization
     modalities = modalities_for(config, model)
@@ -230,17 +246,20 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
     _set_training_modes(model, config)
     optimizer = make_optimizer(model, config)
     state = TrainState()
-    if resume and (out / "last.pt").exists():
-        state = _restore(out, model, optimizer, config)
+    found = _resume_checkpoint(out, is_main=context.is_main) if resume else None
+    if found is not None:
+        state = _restore(*found, model, optimizer, config)
+    del found
     if context.is_main:
         (out / "config.yaml").write_text(config_to_yaml(config))
+        drop_rows_after(out / "log.csv", state.step)  # a killed run's rows past its checkpoint: replayed below
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = wrap_model(model, context=context, device=device, sync_bn=config.sync_bn)
     class_weights = _class_weights(config, num_classes=info.num_classes, ignore_index=info.ignore_index,
                                    modalities=modalities, out=out, context=context)
     run = Run(model=model, optimizer=optimizer, val_set=val_set, meta=meta, config=config, device=device,
-              context=context, out=out, val_in_train=val_in_train,
+              context=context, out=out, stop=stop, val_in_train=val_in_train,
               class_weights=None if class_weights is None else torch.tensor(class_weights, device=device))
     result = _loop(run, state, train_set=train_set, progress=progress)
     barrier()  # every rank returns once rank 0 has written its files
@@ -293,14 +312,20 @@ def _train_step(run: Run, batches, *, step: int) -> float:
             loss, value = global_loss(terms, reduction=config.loss, grad_accum=config.grad_accum,
                                       context=run.context)
             if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss became {value} at step {step + 1}; stopped. The last good checkpoint is "
-                    f"{Path(config.out) / 'last.pt'}; lower the learning rate (lr=...) and --resume"
-                )
+                raise TrainingDiverged(_diverged_message(value, step=step + 1, out=Path(config.out)))
             loss.backward()
         step_loss += value
     optimizer.step()
     return step_loss
+
+
+def _diverged_message(value: float, *, step: int, out: Path) -> str:
+    last = out / "last.pt"
+    if last.is_file():
+        return (f"loss became {value} at step {step}; stopped. The last good checkpoint is {last}; lower the "
+                f"learning rate (lr=...) and --resume")
+    return (f"loss became {value} at step {step}; stopped. No checkpoint was written yet; lower the learning rate "
+            f"(lr=...) and start again")
 
 
 def _log_row(state: TrainState, *, lr: float, step_loss: float) -> dict:
@@ -319,7 +344,9 @@ def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
     last_scores: dict = {}
     bar = tqdm(total=config.iters, initial=state.step, disable=not progress, desc="train", unit="step")
     running_loss = None
-    writer = _tensorboard(config, out) if context.is_main else None
+    writer = tensorboard_writer(out, start_step=state.step) if context.is_main and config.tensorboard else None
+    last_saved = time.monotonic()
+    stop_signal = None
     while state.step < config.iters:
         started = time.perf_counter()
         lr = lr_at(state.step, base_lr=config.lr, iters=config.iters, schedule=config.schedule,
@@ -331,33 +358,35 @@ def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
         state.train_seconds += time.perf_counter() - started
         running_loss = step_loss if running_loss is None else 0.9 * running_loss + 0.1 * step_loss
         bar.update(1)
-        bar.set_postfix(loss=f"{running_loss:.4g}", img_s=f"{samples_per_step / (time.perf_counter() - started):.1f}")
+        bar.set_postfix(avg_loss=f"{running_loss:.4g}",  # log.csv's loss is the step's own
+                        img_s=f"{samples_per_step / (time.perf_counter() - started):.1f}")
         row = _log_row(state, lr=lr, step_loss=step_loss)
         out_of_time = config.time_budget_minutes is not None and any_rank(
             state.train_seconds >= 60 * config.time_budget_minutes
         )
         finished = state.step == config.iters or out_of_time
         if state.step % config.val_every == 0 or finished:
-            last_scores = _validate_and_save(run, state)
-            row.update({key: f"{last_scores[key]:.6f}" for key in METRICS})
-            row["val_images_in_train"] = run.val_in_train
-            row.update({f"{head}_{key}": f"{last_scores[head][key]:.6f}" for head in heads for key in METRICS})
-            others = "".join(f", {head} mean IU {100 * last_scores[head]['mean_iu']:.2f}" for head in heads)
+            last_scores = _validate(run, state)
+            _add_scores(row, last_scores, heads=heads, val_in_train=run.val_in_train)
             if context.is_main:
+                others = "".join(f", {head} mean IU {100 * last_scores[head]['mean_iu']:.2f}" for head in heads)
                 bar.write(f"step {state.step}: mean IU {100 * last_scores['mean_iu']:.2f}{others}")
         if context.is_main and (state.step % config.log_every == 0 or "mean_iu" in row):
-            _append_log(out / "log.csv", row, log_fields)
-            if writer is not None:
-                for key in ("loss", "lr", "mean_iu", "pixel_acc"):
-                    if row.get(key):
-                        writer.add_scalar(key, float(row[key]), state.step)
-        if finished or (config.stop_after is not None and state.step >= config.stop_after):
-            if not (state.step % config.val_every == 0 or finished) and context.is_main:
-                _save(run, state, "last.pt")
+            _log(out / "log.csv", writer, row, log_fields, step=state.step)
+        stop_signal = _agreed_stop_signal(run.stop)  # every rank stops at the same step
+        stopping = (finished or stop_signal is not None
+                    or (config.stop_after is not None and state.step >= config.stop_after))
+        if context.is_main and (stopping or _checkpoint_due(config, state.step, time.monotonic() - last_saved)):
+            _save(run, state, "last.pt")
+            last_saved = time.monotonic()
+        if stopping:
             break
     bar.close()
     if writer is not None:
         writer.close()
+    if stop_signal is not None:
+        barrier()  # the other ranks wait for rank 0's last.pt
+        raise TrainingInterrupted(state.step, stop_signal)
     if context.is_main and (state.step == config.iters or config.stop_after is None):
         from fcnseg.training.plots import plot_training_log
 
@@ -366,3 +395,31 @@ def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
     return {"step": state.step, "best_mean_iu": state.best_mean_iu, "last_scores": last_scores, "out": str(out),
             "best_checkpoint": str(best) if best.is_file() and not run.val_in_train else None,
             "val_images_in_train": run.val_in_train}
+
+
+def _add_scores(row: dict, scores: dict, *, heads: tuple[str, ...], val_in_train: int) -> None:
+    row.update({key: f"{scores[key]:.6f}" for key in METRICS})
+    row["val_images_in_train"] = val_in_train
+    row.update({f"{head}_{key}": f"{scores[head][key]:.6f}" for head in heads for key in METRICS})
+
+
+def _log(path: Path, writer, row: dict, fields: list[str], *, step: int) -> None:
+    append_row(path, row, fields)
+    if writer is not None:
+        for key in ("loss", "lr", "mean_iu", "pixel_acc"):
+            if row.get(key):
+                writer.add_scalar(key, float(row[key]), step)
+
+
+def _checkpoint_due(config: TrainConfig, step: int, seconds_since_last: float) -> bool:
+    """Whether ``checkpoint_every`` or ``checkpoint_minutes`` asks for last.pt after ``step`` (rank 0 decides)."""
+    if config.checkpoint_every is not None and step % config.checkpoint_every == 0:
+        return True
+    return config.checkpoint_minutes is not None and seconds_since_last >= 60 * config.checkpoint_minutes
+
+
+def _agreed_stop_signal(stop: StopRequest) -> int | None:
+    """The signal every rank stops on (SIGINT if any rank's first signal was one), or None: keep training."""
+    if not any_rank(stop.signum is not None):
+        return None
+    return signal.SIGINT if any_rank(stop.signum == signal.SIGINT) else signal.SIGTERM

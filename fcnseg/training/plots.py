@@ -21,7 +21,7 @@ def plot_training_log(log_path: str | Path, out_path: str | Path) -> Path | None
     ious = [(float(r["train_minutes"]), 100 * float(r["mean_iu"])) for r in rows if r.get("mean_iu")]
     figure, (loss_axis, iu_axis) = plt.subplots(1, 2, figsize=(10, 4))
     if losses:
-        loss_axis.plot(*zip(*losses))
+        loss_axis.plot(*zip(*losses), marker="o" if len(losses) == 1 else None)  # one point: a line draws nothing
     loss_axis.set(xlabel="step", ylabel="training loss", title="loss")
     if ious:
         iu_axis.plot(*zip(*ious), marker="o")

@@ -37,15 +37,22 @@ def build_training_model(config: TrainConfig) -> tuple[nn.Module, str]:
 
 
 def _initialize(model: nn.Module, path: Path, *, model_name: str) -> str:
-    from fcnseg.checkpoint import load_checkpoint, meta_from_checkpoint
+    from fcnseg.checkpoint import load_checkpoint, meta_from_checkpoint, read_torch_file
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such init_weights file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, what="init_weights file")
     if isinstance(state, dict) and state.get("format") == "fcnseg-checkpoint":
         checkpoint = load_checkpoint(path)
-        if copy_shared_layers(model, checkpoint["state_dict"]) == 0:
-            raise ValueError(f"{path}: no layer of this checkpoint fits {type(model).__name__}")
+        # Staged training copies every tensor but the upsampling and (for other classes) the score layers.
+        offered = [key for key in checkpoint["state_dict"] if not key.startswith("upscore")]
+        copied = copy_shared_layers(model, checkpoint["state_dict"])
+        if copied < len(offered) / 2:
+            raise ValueError(
+                f"{path}: only {copied} of the {len(offered)} tensors of this {checkpoint['model']} checkpoint fit "
+                f"{model_name} (same name and shape); init_weights takes a checkpoint of the same family, such as "
+                "a coarser stage (fcn32s for fcn16s)"
+            )
         return meta_from_checkpoint(checkpoint).normalization
     if isinstance(state, dict) and "features.0.weight" in state:
         transplant = model_spec(model_name).imagenet_transplant

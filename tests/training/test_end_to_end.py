@@ -76,8 +76,11 @@ def test_refuses_to_overwrite_a_run_and_stops_on_nan(shapes, trained, tmp_path):
     out, _ = trained
     with pytest.raises(FileExistsError, match="--resume"):
         train(shapes_config(shapes, out), progress=False)
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        train(shapes_config(shapes, tmp_path / "nan", lr=1e30, optimizer="sgd", iters=5, val_every=2), progress=False)
+    diverging = dict(lr=1e30, optimizer="sgd", iters=5, val_every=2)
+    with pytest.raises(TrainingDiverged, match=r"The last good checkpoint is .*nan/last\.pt"):
+        train(shapes_config(shapes, tmp_path / "nan", checkpoint_every=1, **diverging), progress=False)
+    with pytest.raises(TrainingDiverged, match="No checkpoint was written yet"):  # validation writes only best.pt
+        train(shapes_config(shapes, tmp_path / "nan_early", **diverging), progress=False)
 
 
 def test_bad_data_is_a_clear_cli_error(tmp_path, capsys):

@@ -95,3 +95,10 @@ def test_sample_order_depends_only_on_the_counter():
     state = torch.get_rng_state()
     wrapped[0]
     assert torch.equal(state, torch.get_rng_state())  # the caller's RNG is untouched
+
+
+@pytest.mark.parametrize("key, value", [("checkpoint_every", 0), ("checkpoint_minutes", -1.0), ("val_every", 0)])
+def test_cadence_keys_must_be_positive(key, value):
+    with pytest.raises(ValueError, match=key):
+        resolve_recipe(make_config({key: value}))
+    assert resolve_recipe(make_config({"checkpoint_every": 10, "checkpoint_minutes": None})).checkpoint_every == 10
