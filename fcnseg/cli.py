@@ -364,7 +364,11 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         target = f" -> {error.filename2}" if error.filename2 is not None else ""
         return f"{error.filename}{target}: {error.strerror}"
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = str(error)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the original error's own line
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    text = " ".join(text.split()) or type(error).__name__
     if isinstance(error, (ValueError, OSError)):  # fcnseg's own errors (DataError, CheckpointError, ...) included
         return text
     return f"{type(error).__name__}: {text} (FCNSEG_DEBUG=1 shows the traceback)"

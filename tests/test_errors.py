@@ -237,3 +237,24 @@ def test_init_weights_from_an_unrelated_model_is_an_error_naming_how_many_fit(tm
                  "--out", str(tmp_path / "run"), f"init_weights={path}"]) == 2
     one_error_line(capsys.readouterr().err, f"{path}: only 1 of the 17 tensors of this fcn-googlenet checkpoint fit "
                                             "fcn8s-lite0")
+
+
+def test_an_error_in_a_data_loader_worker_is_one_line():
+    """DataLoader re-raises a worker's exception with the worker's traceback in its message; the CLI keeps the
+    original error's own line."""
+    import torch.utils.data
+
+    from fcnseg.cli import describe_error
+    from fcnseg.data.base import DataError
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise DataError("data/img_0001.png: mask is 40x60 but the image is 60x40")
+
+    with pytest.raises(DataError) as caught:
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+    assert "Traceback" in str(caught.value)  # what torch re-raises
+    assert describe_error(caught.value) == "data/img_0001.png: mask is 40x60 but the image is 60x40"
