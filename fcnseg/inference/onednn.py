@@ -58,7 +58,7 @@ def onednn_unavailable() -> str | None:
         weight, bias = torch.randn(4, 3, 3, 3, generator=generator), torch.randn(4, generator=generator)
         residual = torch.randn(1, 4, 6, 7, generator=generator)
         geometry = dict(padding=[1, 1], stride=[1, 1], dilation=[1, 1], groups=1)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):  # float32 both ways, whatever the caller's mode
             packed = PackedWeights().get_packed("probe", weight, input_shape=x.shape, **geometry)
             plain = F.conv2d(x, weight, bias, padding=1)
             fused_relu = onednn_convolution(x, packed, bias, activation="relu", **geometry)

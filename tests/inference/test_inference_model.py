@@ -210,3 +210,17 @@ def test_inference_model_leaves_the_model_as_it_was():
         inference_model(model, torch.randn(1, 3, 32, 32))
         assert [(n, type(m)) for n, m in model.named_modules()] == modules
         assert {n: set(vars(m)) for n, m in model.named_modules()} == attributes
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
+def test_the_onednn_probe_is_not_fooled_by_the_callers_autocast():
+    """The probe compares fused and plain float32 convolutions; a first call under bf16 autocast must not make it
+    disable the fusions for the whole process."""
+    from fcnseg.inference import onednn
+
+    onednn.onednn_unavailable.cache_clear()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert onednn.onednn_unavailable() is None
+    finally:
+        onednn.onednn_unavailable.cache_clear()
