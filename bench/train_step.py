@@ -40,13 +40,13 @@ def cpu_name() -> str:
 
 def bilinear_grouped(channels: int, factor: int) -> nn.ConvTranspose2d:
     """Fixed bilinear upsampling by ``factor`` as a grouped transposed convolution (the peer's)."""
-    kernel = 2 * factor - factor % 2
+    from fcnseg.models.layers import bilinear_kernel
+
+    kernel = 2 * factor
     layer = nn.ConvTranspose2d(channels, channels, kernel, stride=factor, padding=(kernel - factor) // 2,
                                groups=channels, bias=False)
-    center = (kernel - 1) / 2 if kernel % 2 else kernel / 2 - 0.5
-    taps = 1 - (torch.arange(kernel, dtype=torch.float64) - center).abs() / ((kernel + 1) // 2)
     with torch.no_grad():
-        layer.weight.copy_(torch.outer(taps, taps).float().expand(channels, 1, kernel, kernel))
+        layer.weight.copy_(bilinear_kernel(kernel).expand(channels, 1, kernel, kernel))
     layer.weight.requires_grad_(False)
     return layer
 

@@ -6,8 +6,8 @@
 Each variant is ``experiments/configs/camvid-fcn8s-lite0.yaml`` plus its overrides (``VARIANTS``), trained with
 ``fcnseg train`` in its own process for ``--iters`` steps (the poly schedule decays over exactly those steps),
 validated once at the end on all 101 val images. Variants that change the cost of a step (another backbone or
-crop size) get ``--iters`` scaled by the measured step-time ratio so that all spend about the same training
-minutes (``ITER_SCALE``). Prints a markdown table: val mean IU, Pole IU, training minutes, steps.
+crop size) compare at equal training minutes only when run with their own ``--iters`` (the base's steps times the
+measured step-time ratio, bench/train_step.py). Prints a markdown table: val mean IU, Pole IU, training minutes, steps.
 """
 
 from __future__ import annotations
@@ -33,17 +33,13 @@ VARIANTS: dict[str, list[str]] = {
     "lite2": FAST + ["model=fcn8s-lite2"],
     "crop384": FAST + ["crop_size=384"],
 }
-# Steps relative to the base, for equal training minutes (step times measured with bench/train_step.py-like
-# timing on this machine's CPU; set from a quiet-machine measurement before a run).
-ITER_SCALE: dict[str, float] = {}
 
 
 def run_variant(name: str, *, root: str, out: Path, iters: int, extra: list[str]) -> dict:
     run_dir = out / name
-    steps = max(1, round(iters * ITER_SCALE.get(name, 1.0)))
     command = [sys.executable, "-m", "fcnseg", "train", "--config", str(CONFIG), f"root={root}",
-               f"out={run_dir}", f"iters={steps}", f"val_every={steps}", "time_budget_minutes=null",
-               f"warmup_iters={min(50, steps // 10)}", *VARIANTS[name], *extra]
+               f"out={run_dir}", f"iters={iters}", f"val_every={iters}", "time_budget_minutes=null",
+               f"warmup_iters={min(50, iters // 10)}", *VARIANTS[name], *extra]
     if (run_dir / "last.pt").exists():
         command.append("--resume")
     subprocess.run(command, check=True)
@@ -53,7 +49,7 @@ def run_variant(name: str, *, root: str, out: Path, iters: int, extra: list[str]
     subprocess.run([sys.executable, "-m", "fcnseg", "eval", "--checkpoint", str(run_dir / "last.pt"),
                     "--root", root, "--json"], check=True, stdout=scores_path.open("w"))
     scores = json.loads(scores_path.read_text())
-    return {"name": name, "steps": steps, "minutes": float(last["train_minutes"]), "mean_iu": scores["mean_iu"],
+    return {"name": name, "steps": iters, "minutes": float(last["train_minutes"]), "mean_iu": scores["mean_iu"],
             "pole_iu": scores["per_class_iu"][2], "overrides": " ".join(VARIANTS[name]) or "(float32)"}
 
 
