@@ -53,11 +53,21 @@ TTA_HELP = ("test-time augmentation: average the class probabilities over views,
 
 def cmd_models(args: argparse.Namespace) -> int:
     from fcnseg.stats import model_table
+    from fcnseg.weights import list_weights
 
     height, width = args.size
     print(f"{'model':<22}{'params':>12}{'GFLOPs @' + f'{height}x{width}':>18}  description")
     for row in model_table(num_classes=args.num_classes, height=height, width=width):
         print(f"{row['name']:<22}{row['params'] / 1e6:>11.1f}M{row['gflops']:>18.1f}  {row['description']}")
+    # The shipped weights, one line per measured split; no blank line, so each line's first word stays a name.
+    print(f"{'weights':<22}{'model':<16}{'classes':>7}{'file':>10}  scores (get_weights(NAME), "
+          "build_model(MODEL, weights=NAME))")
+    for weights in list_weights():
+        size = f"{weights.path.stat().st_size / 1e6:.1f} MB" if weights.path.is_file() else "missing"
+        scores = [evaluation.describe() for evaluation in weights.evaluations] or ["no measured scores"]
+        print(f"{weights.name:<22}{weights.model_name:<16}{weights.num_classes:>7}{size:>10}  {scores[0]}")
+        for score in scores[1:]:
+            print(f"{'':<55}  {score}")
     return 0
 
 
@@ -140,6 +150,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fcnseg.evaluate import evaluate, format_scores
     from fcnseg.tta import TTAModel
 
+    if args.report is not None:  # checked before the model loads
+        from fcnseg.distributed import context_from_env
+        from fcnseg.outputs import require_writable_dir
+
+        if context_from_env().distributed:
+            raise ValueError("--report writes one folder from one process: run fcnseg eval --report without torchrun")
+        if args.worst < 0:
+            raise ValueError(f"--worst must be 0 or more, got {args.worst}")
+        require_writable_dir(args.report, what="report folder")
     model, meta = _load_model(args.checkpoint)
     device = pick_device(args.device)
     if args.tta is not None:
@@ -149,10 +168,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if dataset.info.num_classes != meta.num_classes:
         raise ValueError(f"the model has {meta.num_classes} classes but {args.dataset} has {dataset.info.num_classes}")
+    per_image = None
+    if args.report is not None:
+        from fcnseg.report import PerImageScores
+
+        per_image = PerImageScores(num_classes=meta.num_classes, ignore_index=meta.ignore_index, keep=args.worst)
     scores = evaluate(
         model.to(device), dataset, num_classes=meta.num_classes, device=device, ignore_index=meta.ignore_index,
-        max_images=args.max_images, progress=not args.json,
+        max_images=args.max_images, progress=not args.json, per_image=per_image,
     )
+    if per_image is not None:
+        from fcnseg.report import attach_photos, write_report
+
+        write_report(args.report, confusion=per_image.confusion, class_names=meta.class_names, palette=meta.palette,
+                     worst=attach_photos(per_image.worst(), dataset=dataset), scores=scores,
+                     ignore_index=meta.ignore_index)
     if args.json:
         scores["class_names"] = list(meta.class_names)
         if args.tta is not None:
@@ -162,29 +192,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tta = f", TTA {args.tta.spec}" if args.tta is not None else ""
         print(f"{meta.model} on {args.dataset} {args.split} ({scores['num_images']} images{tta})")
         print(format_scores(scores, meta.class_names))
+    if per_image is not None:
+        print(f"wrote {args.report}: report.json, confusion.png, per_class_iu.png and {len(per_image.worst())} "
+              "worst images in worst/", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fcnseg.distributed import pick_device
-    from fcnseg.predict import iter_predictions, plan_predictions
+    import os
 
-    plan = plan_predictions(args.inputs, args.out)  # inputs, output names and --out checked before the model loads
-    for path, reason in plan.skipped:
-        print(f"fcnseg predict: skipped {path}: {reason}", file=sys.stderr)
-    model, meta = _load_model(args.checkpoint)
-    results = iter_predictions(
-        model, meta, plan, device=pick_device(args.device), overlay=args.overlay, alpha=args.alpha,
-        dense=args.dense, bf16=args.bf16, tta=args.tta,
-    )
-    failed = 0
-    for result in results:
-        if result["error"] is not None:
-            failed += 1
-            print(f"fcnseg predict: error: {result['error']} (skipped; continuing)", file=sys.stderr)
-            continue
-        shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
-        print(f"{result['input']} -> {result['labels']}: {shares}")
+    from tqdm import tqdm
+
+    from fcnseg.distributed import barrier, pick_device, setup_distributed, teardown_distributed
+    from fcnseg.predict import iter_predictions, merge_manifests, plan_predictions
+
+    context, device = setup_distributed(pick_device(args.device))  # a no-op without torchrun's variables
+    try:
+        # inputs, output names and --out checked before the model loads; each rank plans its own share
+        plan = plan_predictions(args.inputs, args.out, skip_existing=args.skip_existing, rank=context.rank,
+                                world_size=context.world_size)
+        for path, reason in plan.skipped if context.is_main else ():
+            print(f"fcnseg predict: skipped {path}: {reason}", file=sys.stderr)
+        if plan.done:
+            print(f"fcnseg predict: {len(plan.done)} images already have outputs in {plan.out_dir} (skipped)",
+                  file=sys.stderr)
+        model, meta = _load_model(args.checkpoint)
+        results = iter_predictions(
+            model, meta, plan, device=device, overlay=args.overlay, alpha=args.alpha, legend=args.legend,
+            dense=args.dense, bf16=args.bf16, tta=args.tta, batch_size=args.batch_size,
+            workers=args.workers if args.workers is not None else (0 if (os.cpu_count() or 1) <= 2 else 1),
+            writers=args.writers, progress=context.is_main and sys.stderr.isatty(),
+        )
+        failed = 0
+        for result in results:
+            if result["error"] is not None:
+                failed += 1
+                tqdm.write(f"fcnseg predict: error: {result['error']} (skipped; continuing)", file=sys.stderr)
+            elif not args.quiet:
+                shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
+                tqdm.write(f"{result['input']} -> {result['labels']}: {shares}")
+        barrier()  # every rank's shard of the manifest is complete
+        if context.is_main:
+            merge_manifests(plan.out_dir)
+    finally:
+        teardown_distributed()
     if failed:
         print(f"fcnseg predict: {failed} of {len(plan.jobs)} images failed (named above); the others were written "
               f"to {plan.out_dir}", file=sys.stderr)
@@ -249,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error (as the environment variable FCNSEG_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    models = commands.add_parser("models", help="list the models with parameter counts and GFLOPs")
+    models = commands.add_parser(
+        "models", help="list the models with parameter counts and GFLOPs, and the shipped weights with their scores"
+    )
     models.add_argument("--size", type=_parse_size, default=(500, 500), help="input HEIGHTxWIDTH (default 500x500)")
     models.add_argument("--num-classes", type=int, default=21, help="number of classes (default 21, PASCAL VOC)")
     models.set_defaults(func=cmd_models)
@@ -297,11 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-images", dest="max_images", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object (metrics as fractions)")
     evaluate.add_argument("--tta", type=_parse_tta, default=None, metavar="SPEC", help=TTA_HELP)
+    evaluate.add_argument("--report", metavar="DIR", default=None,
+                          help="also write DIR/report.json, confusion.png, per_class_iu.png and worst/: the images "
+                          "of lowest mean IU as photo | truth | prediction | errors (not under torchrun)")
+    evaluate.add_argument("--worst", type=int, default=8, metavar="N",
+                          help="how many worst images --report draws (default 8)")
     evaluate.set_defaults(func=cmd_eval)
 
     predict = commands.add_parser("predict", help="segment image files or folders")
     predict.add_argument("inputs", nargs="+",
-                         help="image files or folders (walked with their subfolders; outputs mirror their paths)")
+                         help="image files, folders (walked with their subfolders; outputs mirror their paths), "
+                         "quoted glob patterns ('photos/**/*.jpg') or @LIST files (one image path per line)")
     predict.add_argument("--checkpoint", help="an fcnseg checkpoint (default: the shipped CamVid model)")
     predict.add_argument("--out", default="predictions", help="output folder (default predictions/)")
     predict.add_argument("--overlay", choices=["blend", "side-by-side", "none"], default="blend")
@@ -315,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="score_fr made FACTOR times denser by shift-and-stitch (skips unused; default 1)")
     predict.add_argument("--tta", type=_parse_tta, default=None, metavar="SPEC",
                          help=TTA_HELP + "; with --dense, each view runs the rarefied model")
+    predict.add_argument("--legend", choices=["classes", "shares", "none"], default="classes",
+                         help="overlay legend: the classes present (default), with their pixel shares, or none")
+    predict.add_argument("--batch-size", dest="batch_size", type=_parse_positive_int, default=4,
+                         help="images of one size run together (default 4)")
+    predict.add_argument("--workers", type=int, default=None,
+                         help="DataLoader processes decoding images (0: the main process; default 0 on a CPU of "
+                         "2 cores or fewer, where a worker slows the model, else 1)")
+    predict.add_argument("--writers", type=_parse_positive_int, default=2,
+                         help="threads encoding and writing PNGs (default 2)")
+    predict.add_argument("--skip-existing", dest="skip_existing", action="store_true",
+                         help="skip images whose label PNG exists in --out (resume an interrupted run)")
+    predict.add_argument("--quiet", action="store_true", help="no line per image (errors are still printed)")
     predict.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="export a model to ONNX or TorchScript, checked against PyTorch")

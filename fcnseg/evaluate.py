@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -23,6 +25,7 @@ def evaluate(
     workers: int = 0,
     progress: bool = False,
     context: DistContext | None = None,
+    per_image: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict:
     """The four metrics and per-class IU of ``model`` on ``dataset`` (which yields normalized images).
 
@@ -34,6 +37,8 @@ def evaluate(
     The model is put in eval mode and every module is restored to its previous mode afterwards.
     Only the arg-max over classes is scored, so ``model`` may return probabilities instead of logits, as a
     ``fcnseg.tta.TTAModel`` wrapping it does (``fcnseg eval --tta``).
+    ``per_image(index, prediction, mask)``, when given, sees each image this rank scores: its index in
+    ``dataset`` and the first head's ``(H, W)`` arg-max and mask (``fcnseg.report.PerImageScores``).
     """
     context = context or DistContext()
     modes = {module: module.training for module in model.modules()}  # frozen batch norm stays frozen
@@ -41,14 +46,19 @@ def evaluate(
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count < context.world_size:
         raise ValueError(f"{count} images to score cannot be shared by {context.world_size} ranks")
-    loader = DataLoader(Subset(dataset, shard(count, context)), batch_size=1, num_workers=workers)
+    indices = shard(count, context)
+    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=workers)
     matrices: dict[str, ConfusionMatrix] = {}
-    for image, target in tqdm(loader, total=len(loader), desc="eval", disable=not progress, leave=False):
+    batches = tqdm(loader, total=len(loader), desc="eval", disable=not progress, leave=False)
+    for index, (image, target) in zip(indices, batches, strict=True):
         outputs = model(image.to(device))  # (1, K, H, W), or a named tuple of them
-        for head, (logits, mask) in _heads(outputs, target).items():
+        for position, (head, (logits, mask)) in enumerate(_heads(outputs, target).items()):
             if head not in matrices:
                 matrices[head] = ConfusionMatrix(num_classes if not matrices else logits.shape[1], ignore_index)
-            matrices[head].update(logits.argmax(1), mask.to(device))
+            prediction = logits.argmax(1)  # (1, H, W)
+            matrices[head].update(prediction, mask.to(device))
+            if per_image is not None and position == 0:  # the first head, the one scored at top level
+                per_image(index, prediction[0], mask[0])
     for module, training in modes.items():
         module.training = training
     per_head = {}

@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from PIL import Image
 
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
@@ -92,6 +94,8 @@ def scenarios(root: str, out: str) -> None:
         summed = make_config({**SUMMED, "root": root, "out": os.path.join(out, "summed"), "batch_size": 1,
                               "grad_accum": 2})
         train(summed, progress=False)
+        assert main(["predict", os.path.join(root, "images"), "--checkpoint", os.path.join(out, "cli", "last.pt"),
+                     "--out", os.path.join(out, "predict"), "--batch-size", "2", "--workers", "0"]) == 0
     finally:
         teardown_distributed()
 
@@ -115,6 +119,7 @@ def launched(shapes, tmp_path_factory):
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (out / "torchrun.stdout").write_text(result.stdout)
     return out
 
 
@@ -149,6 +154,24 @@ def test_ddp_evaluation_equals_one_process(launched, shapes):
     assert all(0 < iu < 1 for iu in expected["per_class_iu"])  # every class predicted somewhere, none perfectly
     for key in ("pixel_acc", "mean_acc", "mean_iu", "fwavacc", "num_images"):
         assert got[key] == expected[key], key
+
+
+def test_predict_under_torchrun_equals_one_process_and_writes_each_file_once(launched, shapes, tmp_path):
+    single = tmp_path / "single"
+    assert main(["predict", str(shapes / "images"), "--checkpoint", str(launched / "cli" / "last.pt"), "--out",
+                 str(single), "--quiet"]) == 0
+    ranked = launched / "predict"
+    names = sorted(path.name for path in single.iterdir())
+    assert names == sorted(path.name for path in ranked.iterdir())  # no shard manifests or temporary files left
+    assert len([name for name in names if name.endswith("_labels.png")]) == 20
+    for name in names:
+        if name.endswith("_labels.png"):  # batch 2 on one thread against batch 1: equal up to float rounding
+            expected, got = (np.array(Image.open(folder / name)) for folder in (single, ranked))
+            assert (expected == got).mean() > 0.999, name
+    lines = [line for line in (launched / "torchrun.stdout").read_text().splitlines() if "_labels.png:" in line]
+    assert len(lines) == 20 and len(set(lines)) == 20  # each image segmented by one rank, once
+    records = [json.loads(line) for line in (ranked / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(record["input"] for record in records) == sorted(str(p) for p in (shapes / "images").iterdir())
 
 
 def test_ranks_share_each_global_batch_exactly(shapes):

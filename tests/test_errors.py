@@ -1,6 +1,7 @@
 """Every bad input a user meets is one clear line naming the file and the problem, exit code != 0, no traceback;
 and predict reads photos as shown, never loses a result to a shared output name, and survives one bad image."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -125,8 +126,10 @@ def test_a_corrupt_image_is_named_and_skipped_and_the_run_exits_1(tmp_path, caps
     captured = capsys.readouterr()
     one_error_line(captured.err, f"cannot read image {folder / 'b.png'}", "skipped")
     assert "1 of 3 images failed" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["a_labels.png", "c_labels.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.png", "c_labels.png", "manifest.jsonl"]
     assert "a.png" in captured.out and "c.png" in captured.out
+    errors = [json.loads(line)["error"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert errors[0] is None and "b.png" in errors[1] and errors[2] is None  # the manifest names the bad file too
 
 
 @pytest.mark.parametrize("args, message", [

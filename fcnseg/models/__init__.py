@@ -2,6 +2,7 @@
 
 Every single-task model maps ``(N, C, H, W)`` images to ``(N, num_classes, H, W)`` logits; the SIFT Flow models
 return a named tuple of two. ``MODEL_SPECS`` (``registry.py``) holds one ``ModelSpec`` per name.
+Trained weights: ``get_weights``, ``list_weights`` and ``Weights`` are ``fcnseg.weights``'s, re-exported here.
 """
 
 from fcnseg.models.alexnet import FCNAlexNet
@@ -43,4 +44,20 @@ __all__ = [
     "build_model",
     "list_models",
     "model_spec",
+    "Weights",
+    "get_weights",
+    "list_weights",
 ]
+
+WEIGHTS_API = ("Weights", "get_weights", "list_weights")  # defined in fcnseg.weights
+
+
+def __getattr__(name: str):
+    # fcnseg.models.get_weights (list_weights, Weights) is fcnseg.weights's, imported on first use: fcnseg.weights
+    # reads files through fcnseg.checkpoint, which imports fcnseg.models.registry, so importing it here at import
+    # time would make a cycle (and make fcnseg.models import the data code).
+    if name in WEIGHTS_API:
+        import fcnseg.weights
+
+        return getattr(fcnseg.weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

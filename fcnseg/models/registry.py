@@ -7,7 +7,7 @@ entry; adding a backbone is its class in ``backbones.py`` (with its ``BACKBONES`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
@@ -19,6 +19,9 @@ from fcnseg.models.multimodal import EarlyFusionFCN32s, LateFusionFCN32s
 from fcnseg.models.multitask import SIFTFlowFCN8s, SIFTFlowFCN16s, SIFTFlowFCN32s, SIFTFlowScores
 from fcnseg.models.transplant import transplant_alexnet, transplant_vgg16
 from fcnseg.models.vgg import FCN8s, FCN8sAtOnce, FCN16s, FCN32s
+
+if TYPE_CHECKING:  # for the annotation only: fcnseg.weights imports fcnseg.checkpoint, which imports this module
+    from fcnseg.weights import Weights
 
 
 @dataclass(frozen=True)
@@ -138,16 +141,27 @@ def list_models(*, standard_only: bool = False) -> list[str]:
 def build_model(
     name: str,
     *,
-    num_classes: int,
+    num_classes: int | None = None,
     learnable_upsampling: bool = False,
     in_channels: int | None = None,
     pretrained_backbone: bool = False,
+    weights: Weights | str | None = None,
 ) -> nn.Module:
     """``pretrained_backbone`` (backbone FCNs only) loads the backbone's ImageNet weights.
 
     ``in_channels=None`` is the model's own: 3 (RGB), or the stacked modalities of the multi-modal models.
+    ``weights``: a ``fcnseg.weights.Weights`` record or a weights name (``fcnseg.weights.list_weights``) of this
+    model; the model then comes with them loaded, on the CPU, in eval mode, and ``num_classes`` (which may be left
+    out) and the other arguments are the weights' own (passing them is an error). ``None`` (the default): no weights
+    beyond the backbone's; ``num_classes`` is then required.
     """
     spec = model_spec(name)
+    if weights is not None:
+        return _build_with_weights(name, weights=weights, num_classes=num_classes,
+                                   learnable_upsampling=learnable_upsampling, in_channels=in_channels,
+                                   pretrained_backbone=pretrained_backbone)
+    if num_classes is None:
+        raise TypeError(f"build_model({name!r}) needs num_classes (or weights, which fix it)")
     in_channels = spec.in_channels if in_channels is None else in_channels
     if spec.has_pretrained_backbone:
         return spec.builder(num_classes=num_classes, learnable_upsampling=learnable_upsampling,
@@ -158,3 +172,18 @@ def build_model(
             "fcnseg.models.transplant_vgg16 (VGG16 models) or transplant_alexnet (fcn-alexnet-tv)"
         )
     return spec.builder(num_classes=num_classes, learnable_upsampling=learnable_upsampling, in_channels=in_channels)
+
+
+def _build_with_weights(name: str, *, weights: Weights | str, num_classes: int | None, learnable_upsampling: bool,
+                        in_channels: int | None, pretrained_backbone: bool) -> nn.Module:
+    # fcnseg.weights reads checkpoint files through fcnseg.checkpoint, which imports this module: imported here,
+    # when weights are asked for, so that importing fcnseg.models imports nothing above it (and makes no cycle).
+    from fcnseg.weights import resolve_weights
+
+    record = resolve_weights(weights, model_name=name)
+    if pretrained_backbone or learnable_upsampling or in_channels is not None:
+        raise ValueError(f"with weights {record.name!r}, leave out pretrained_backbone, learnable_upsampling and "
+                         "in_channels: the weights' file fixes the whole model")
+    if num_classes is not None and num_classes != record.num_classes:
+        raise ValueError(f"weights {record.name!r} score {record.num_classes} classes, not num_classes={num_classes}")
+    return record.load_model()

@@ -55,9 +55,16 @@ def test_predict_cli_writes_palette_labels_and_overlays(trained, shapes, tmp_pat
                  "--overlay", "side-by-side"]) == 0
     labels = Image.open(predictions / "shape000_labels.png")
     assert labels.mode == "P" and labels.size == (64, 64)
-    assert Image.open(predictions / "shape000_overlay.png").size == (3 * 64, 64)
     assert len(list(predictions.glob("*_labels.png"))) == 20
     assert "shape019" in capsys.readouterr().out
+    plain = tmp_path / "plain"
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(shapes / "images" / "shape000.png"), "--out",
+                 str(plain), "--overlay", "side-by-side", "--legend", "none"]) == 0
+    bare = Image.open(plain / "shape000_overlay.png")
+    assert bare.size == (3 * 64, 64)  # photo | colours | blend
+    with_legend = Image.open(predictions / "shape000_overlay.png").convert("RGB")
+    assert with_legend.width * with_legend.height > 3 * 64 * 64  # the legend adds room ...
+    assert with_legend.crop((0, 0, 3 * 64, 64)).tobytes() == bare.convert("RGB").tobytes()  # ... beside the picture
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(trained, shapes, tmp_path):
