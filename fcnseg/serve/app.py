@@ -313,5 +313,6 @@ def load_serving_model(checkpoint: str | Path | None = None, *, device: torch.de
     model, meta = model_from_checkpoint(checkpoint if checkpoint is not None else default_checkpoint_path())
     if meta.in_channels != 3:
         raise ValueError(f"fcnseg serve segments RGB photos; {meta.model} takes {meta.in_channels} input channels")
-    example = torch.randn(1, meta.in_channels, 64, 96, device=device)  # batch norm folding is checked on it
+    # the rewrites are checked and timed on it: a photo's proportions at a size that tunes in a second or two
+    example = torch.randn(1, meta.in_channels, 180, 240, device=device)
     return inference_model(model.to(device), example, bf16=bf16), meta

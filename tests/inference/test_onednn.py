@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fcnseg.inference.onednn import ConvReLU2d, fuse_conv_relus, onednn_applies
+from fcnseg.inference.onednn import ConvReLU2d, PackedWeights, fuse_conv_relus, onednn_applies
 from fcnseg.models import FCN8s, FCNAlexNet
 
 
@@ -28,6 +28,22 @@ def test_conv_relu_matches_relu_of_the_convolution(groups, stride, padding):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_weights_are_packed_once_per_batch_size_and_the_copies_bounded():
+    """oneDNN's packed layout depends on the batch size: each batch size gets its own packed copy, the most
+    recently used ``MAX_ENTRIES`` kept, and every one gives the plain outputs."""
+    torch.manual_seed(0)
+    conv = ConvReLU2d(4, 6, 3, padding=1)
+    with torch.inference_mode():
+        for batch in (1, 2, 1, 2):
+            x = torch.randn(batch, 4, 9, 11)
+            torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1).clamp(min=0),
+                                       rtol=1e-5, atol=1e-5)
+        assert sorted(conv.packed) == [(torch.float32, 1), (torch.float32, 2)]
+        for batch in range(3, 3 + PackedWeights.MAX_ENTRIES):
+            conv(torch.randn(batch, 4, 5, 6))
+    assert list(conv.packed) == [(torch.float32, batch) for batch in range(3, 3 + PackedWeights.MAX_ENTRIES)]
 
 
 def test_onednn_is_left_to_autocast_float32_inputs():

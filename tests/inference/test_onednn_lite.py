@@ -106,8 +106,7 @@ def test_fused_lite_in_bf16_stays_close():
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no oneDNN bf16 kernels on this CPU")
-def test_bf16_variant_of_a_lite_fcn_computes_the_backbone_in_bf16(monkeypatch):
-    import fcnseg.inference as fast_module
+def test_bf16_variant_of_a_lite_fcn_computes_the_backbone_in_bf16(fake_timer):
     from fcnseg.models import build_model
 
     torch.manual_seed(0)
@@ -118,12 +117,11 @@ def test_bf16_variant_of_a_lite_fcn_computes_the_backbone_in_bf16(monkeypatch):
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
         expected = model(x)
-    monkeypatch.setattr(fast_module, "_is_faster", lambda candidate, baseline, example: True)
-    fast = inference_model(model, x, bf16=True)
+    fast = inference_model(model, x, bf16=True, timer=fake_timer())  # every step faster
     assert fast.steps[-1] == "bf16" and "fuse_lite" in fast.steps
     lite = next(m for m in fast.modules() if isinstance(m, FusedEfficientNetLite))
     assert lite.stem.weight.dtype == torch.bfloat16
-    float32 = next(m for m in inference_model(model, x).modules() if isinstance(m, FusedEfficientNetLite))
+    float32 = next(m for m in inference_model(model, x, timed=False).modules() if isinstance(m, FusedEfficientNetLite))
     assert float32.stem.weight.dtype == torch.float32  # the float32 module is a separate copy
     got = fast(x)
     assert got.dtype == torch.float32

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-import fcnseg.inference as fast_module
 from fcnseg.inference import bf16_supported, inference_model
 from fcnseg.inference.pad_skip import CACHED_SIZES, PadSkippingFCN, pad_skipping, plan_axis
 from fcnseg.models import FCN8s, FCN8sAtOnce, FCN16s, FCN32s
@@ -85,25 +84,29 @@ def test_background_cache_is_bounded(fcn8s):
     assert len(skipping.skipper.backgrounds) == CACHED_SIZES
 
 
-def test_inference_model_skips_the_pad_of_reference_vgg_only(fcn8s):
+@pytest.mark.parametrize("faster", [True, False])
+def test_inference_model_skips_the_pad_of_reference_vgg_only_when_faster(fcn8s, fake_timer, faster):
     example = torch.randn(1, 3, 48, 64)
-    fast = inference_model(fcn8s, example)
-    assert "pad_skip" in fast.steps
+    fast = inference_model(fcn8s, example, timer=fake_timer(slower=() if faster else ("pad_skip",)))
+    assert ("pad_skip" in fast.steps) == faster
+    assert isinstance(fast.model, PadSkippingFCN) == faster
+    decision = fast.decisions[-1]
+    assert (decision.step, decision.kept, decision.reason) == ("pad_skip", faster, "faster" if faster else "slower")
     x = torch.randn(1, 3, 33, 70)
     with torch.no_grad():
         expected = fcn8s(x)
     assert relative_error(fast(x), expected) < 1e-4
-    compact = inference_model(randomized(FCN8s(num_classes=5, layout="compact")), example)
-    assert "pad_skip" not in compact.steps
+    if faster:
+        compact = inference_model(randomized(FCN8s(num_classes=5, layout="compact")), example, timed=False)
+        assert "pad_skip" not in compact.steps and "pad_skip" not in [d.step for d in compact.decisions]
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no oneDNN bf16 kernels on this CPU")
-def test_bf16_inference_with_pad_skipping_stays_close(fcn8s, monkeypatch):
+def test_bf16_inference_with_pad_skipping_stays_close(fcn8s):
     example = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         expected = fcn8s(example)
-    monkeypatch.setattr(fast_module, "_is_faster", lambda candidate, baseline, x: True)
-    fast = inference_model(fcn8s, example, bf16=True)
+    fast = inference_model(fcn8s, example, bf16=True, timed=False)
     assert {"pad_skip", "bf16"} <= set(fast.steps)
     got = fast(example)
     assert got.dtype == torch.float32
@@ -112,7 +115,7 @@ def test_bf16_inference_with_pad_skipping_stays_close(fcn8s, monkeypatch):
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no oneDNN bf16 kernels on this CPU")
-def test_bf16_is_dropped_when_it_is_not_faster(fcn8s, monkeypatch):
-    monkeypatch.setattr(fast_module, "_is_faster", lambda candidate, baseline, x: False)
-    fast = inference_model(fcn8s, torch.randn(1, 3, 48, 64), bf16=True)
-    assert fast.autocast_dtype is None and "bf16 (slower: not used)" in fast.steps
+def test_bf16_is_dropped_when_it_is_not_faster(fcn8s, fake_timer):
+    fast = inference_model(fcn8s, torch.randn(1, 3, 48, 64), bf16=True, timer=fake_timer(slower=("bf16",)))
+    assert fast.autocast_dtype is None and "bf16" not in fast.steps
+    assert str(fast.decisions[-1]).startswith("bf16: dropped, slower (")
