@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 
 class OutputError(ValueError):
@@ -43,3 +45,18 @@ def require_writable_file(path: str | os.PathLike, *, what: str = "output file")
         except OSError as error:
             raise OutputError(f"cannot write {what} {path}: {_reason(error)}") from None
     return path
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True) -> None:
+    """``write(stream)`` into a temporary file beside ``path``, then rename it to ``path``: a reader (or a run
+    resumed after a crash) never sees half a file. The file gets mode 0644, as a plain ``open`` would give it."""
+    path = Path(path)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb" if binary else "w") as stream:
+            write(stream)
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

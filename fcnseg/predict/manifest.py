@@ -9,11 +9,10 @@ lost. Under torchrun each rank appends to its own shard, merged by rank 0 at the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from fcnseg.data.base import DataError, read_label_png
+from fcnseg.outputs import write_atomically
 from fcnseg.predict.pictures import class_shares
 from fcnseg.predict.plan import MANIFEST_NAME, output_path
 
@@ -40,15 +39,8 @@ def read_manifest(path: Path) -> tuple[list[dict], bool]:
 
 def write_manifest(path: Path, records: list[dict]) -> None:
     """Replace ``path`` with ``records``, atomically."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.writelines(json.dumps(record) + "\n" for record in records)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda stream: stream.writelines(json.dumps(record) + "\n" for record in records),
+                     binary=False)
 
 
 class ManifestWriter:

@@ -4,8 +4,6 @@ a rename), the overlay before the label PNG, so an existing label PNG means the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from PIL import Image
 from fcnseg.checkpoint import ModelMeta
 from fcnseg.data.palettes import colorize
 from fcnseg.legend import add_legend
+from fcnseg.outputs import write_atomically
 from fcnseg.predict.plan import output_path
 
 OVERLAYS = ("blend", "side-by-side", "none")
@@ -66,15 +65,7 @@ def class_shares(labels: torch.Tensor | np.ndarray, class_names: tuple[str, ...]
 def save_atomically(picture: Image.Image, path: Path, *, compress_level: int = 6) -> None:
     """Save a PNG under a temporary name beside ``path``, then rename: a reader never sees half a file.
     ``compress_level``: zlib's, 0-9 (Pillow's default 6)."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            picture.save(stream, format="PNG", compress_level=compress_level)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda stream: picture.save(stream, format="PNG", compress_level=compress_level))
 
 
 def write_outputs(image: torch.Tensor, labels: torch.Tensor, meta: ModelMeta, *, path: Path, stem: Path,
