@@ -139,6 +139,10 @@ def _load_model(checkpoint: str | None):
         from fcnseg.checkpoint import default_checkpoint_path
 
         checkpoint = default_checkpoint_path()
+    from fcnseg.inference.onnx_model import is_onnx_file, load_quantized
+
+    if is_onnx_file(checkpoint):  # an int8 file from fcnseg quantize (by content; a checkpoint is a zip)
+        return load_quantized(checkpoint)
     return model_from_checkpoint(checkpoint)
 
 
@@ -254,6 +258,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         path = export_torchscript(model, args.out)
     print(f"wrote {path}: {meta.model} as {args.format} (dynamic batch, height and width; checked against PyTorch)")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fcnseg.inference.onnx_model import read_metadata
+    from fcnseg.quantize import quantize_checkpoint
+
+    path = quantize_checkpoint(args.checkpoint, calibration=args.calibration, out=args.out,
+                               num_images=args.images, method=args.method)
+    stored = read_metadata(path)
+    images = stored["calibration"]["images"]
+    print(f"wrote {path}: {stored['meta']['model']} as int8 QDQ ONNX ({path.stat().st_size / 1e6:.1f} MB), "
+          f"{args.method} calibration on {len(images)} images:")
+    for image in images:
+        print(f"  {Path(image)}")
     return 0
 
 
@@ -393,6 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     export.add_argument("--out", required=True, help="file to write (e.g. model.onnx)")
     export.set_defaults(func=cmd_export)
+
+    quantize = commands.add_parser(
+        "quantize", help="int8 post-training quantization into an ONNX file that predict, eval and serve take")
+    quantize.add_argument("checkpoint", nargs="?", help="an fcnseg checkpoint (default: the shipped CamVid model)")
+    quantize.add_argument("--calibration", nargs="+", required=True, metavar="DIR_OR_GLOB",
+                          help="calibration images: files, folders or quoted globs (training images, not the "
+                          "images you will score)")
+    quantize.add_argument("--out", required=True, help="file to write (e.g. model-int8.onnx)")
+    quantize.add_argument("--images", type=_parse_positive_int, default=16, metavar="N",
+                          help="calibration images, spread evenly over the sorted list (default 16)")
+    quantize.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                          help="how activation ranges are chosen (default minmax; docs/performance.md)")
+    quantize.set_defaults(func=cmd_quantize)
 
     serve = commands.add_parser("serve", help="a web page and HTTP API that segment uploaded images")
     serve.add_argument("--checkpoint", help="an fcnseg checkpoint (default: the shipped CamVid model)")

@@ -22,6 +22,7 @@ from fcnseg.data.base import DataError, read_image
 from fcnseg.data.transforms import normalize
 from fcnseg.dense import rarefy
 from fcnseg.inference import inference_model
+from fcnseg.inference.onnx_model import OnnxSegmenter
 from fcnseg.predict.manifest import ManifestWriter, record_from_outputs
 from fcnseg.predict.pictures import LEGENDS, OVERLAYS, write_outputs
 from fcnseg.predict.plan import PredictionPlan, plan_predictions
@@ -72,6 +73,14 @@ def fast_model(model: nn.Module, *, device: torch.device | str, dense: int, bf16
     random ``(1, C, *example_size)`` input (``fcnseg.inference_model``), run in TTA views."""
     if dense < 1:
         raise ValueError(f"dense must be a positive integer (1: no rarefaction), got {dense}")
+    if isinstance(model, OnnxSegmenter):  # an int8 ONNX graph: already a tuned runtime, no PyTorch layers
+        if dense > 1:
+            raise ValueError(f"--dense {dense} rarefies PyTorch layers; an int8 ONNX model ({model.path}) runs "
+                             "at its own stride only: use the float checkpoint")
+        if bf16:
+            raise ValueError(f"--bf16 does not apply to an int8 ONNX model ({model.path}): it runs in int8")
+        model = model.eval()
+        return TTAModel(model, flip=tta.flip, scales=tta.scales) if tta is not None else model
     model = model.to(device).eval()
     if dense > 1:
         model = rarefy(model, dense)
@@ -175,8 +184,11 @@ def iter_predictions(
 
 def _run(build_runner, meta: ModelMeta, plan: PredictionPlan, *, device, overlay: str, alpha: float,
          legend: str, batch_size: int, workers: int, writers: int) -> Iterator[dict]:
+    # spawned, not forked: a forked worker inherits the locks that runtime thread pools (OpenVINO's, for an int8
+    # file) may hold at that moment, and can hang on them; a spawned one starts clean (a second or two, once)
     loader = DataLoader(ImageFiles([path for path, _ in plan.jobs]), batch_size=None, shuffle=False,
-                        num_workers=workers, collate_fn=_as_is)
+                        num_workers=workers, collate_fn=_as_is,
+                        multiprocessing_context="spawn" if workers > 0 else None)
     pending: deque[Future | dict] = deque()  # results in plan order: written (Future) or failed (dict)
     finished: dict[int, Future | dict] = {}
     next_index = 0
