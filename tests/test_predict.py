@@ -61,6 +61,8 @@ def eager_labels(model, image_path) -> np.ndarray:
 def test_globs_and_lists_expand_relative_to_their_folder(photos, tmp_path):
     plan = plan_predictions([str(photos / "**" / "p[0-2].png")], tmp_path / "out")
     assert [path.name for path, _ in plan.jobs] == ["p0.png", "p1.png", "p2.png"]
+    plan = plan_predictions([str(photos / "**" / "p[5-6].png")], tmp_path / "out")  # mirrors the folders below
+    assert [stem for _, stem in plan.jobs] == [tmp_path / "out" / "p5", tmp_path / "out" / "sub" / "p6"]
     listing = photos / "sub" / "list.txt"
     listing.write_text("# two of them\np6.png\n\n../p3.png\n")
     plan = plan_predictions([f"@{listing}"], tmp_path / "out")

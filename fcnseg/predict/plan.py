@@ -3,7 +3,8 @@
 Inputs are image files, folders (walked with their subfolders), glob patterns (``"photos/**/*.jpg"``, quoted so
 the shell leaves them alone) and list files (``@list.txt``: one image path per line, relative to the list's own
 folder; blank lines and ``#`` comments skipped). Output names mirror the inputs: a file ``x.jpg`` gives
-``OUT/x_labels.png`` (and ``OUT/x_overlay.png``); a folder's ``sub/y.png`` gives ``OUT/sub/y_labels.png``. Two
+``OUT/x_labels.png`` (and ``OUT/x_overlay.png``); a folder's ``sub/y.png`` gives ``OUT/sub/y_labels.png``, and so
+does the match ``photos/sub/y.png`` of a pattern ``photos/**/*.png`` (the path below the pattern's fixed folders). Two
 inputs that would write the same name (``x.png`` and ``x.jpg``, or ``x.png`` in two input folders) are refused
 before anything runs, as are missing inputs and an output folder that cannot be written.
 
@@ -108,6 +109,14 @@ def expand_glob(pattern: str) -> list[Path]:
     return matches
 
 
+def glob_base(pattern: str) -> Path:
+    """The folders a pattern names before its first wildcard: ``photos/2024/**/*.jpg`` -> ``photos/2024``."""
+    parts = Path(pattern).parts
+    fixed = [part for part in parts[: next(i for i, part in enumerate(parts)
+                                           if any(c in part for c in GLOB_CHARACTERS))]]
+    return Path(*fixed) if fixed else Path(".")
+
+
 def _jobs_of(item: str | Path, *, out_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
     text = str(item)
     path = Path(item)
@@ -121,7 +130,8 @@ def _jobs_of(item: str | Path, *, out_dir: Path) -> tuple[list[tuple[Path, Path]
     if path.is_file():
         return [(path, out_dir / path.stem)], []
     if any(character in text for character in GLOB_CHARACTERS):
-        return [(image, out_dir / image.stem) for image in expand_glob(text)], []
+        base = glob_base(text)  # outputs mirror the matches' paths below the pattern's fixed folders
+        return [(image, out_dir / image.relative_to(base).with_suffix("")) for image in expand_glob(text)], []
     raise DataError(f"{path}: no such file or folder")
 
 
