@@ -23,7 +23,7 @@ from fcnseg.data.transforms import normalize
 from fcnseg.dense import rarefy
 from fcnseg.inference import inference_model
 from fcnseg.inference.onnx_model import OnnxSegmenter
-from fcnseg.predict.manifest import ManifestWriter, record_from_outputs
+from fcnseg.predict.manifest import ManifestWriter, merge_manifests, record_from_outputs
 from fcnseg.predict.pictures import LEGENDS, OVERLAYS, write_outputs
 from fcnseg.predict.plan import PredictionPlan, plan_predictions
 from fcnseg.tta import TTAConfig, TTAModel
@@ -254,9 +254,13 @@ def predict_paths(
     yields them (the options are its own).
 
     The run is planned first (``plan_predictions``: inputs, output names, the folder's permissions); an image
-    that cannot be read gets ``"error"`` in its result and the others are still written.
+    that cannot be read gets ``"error"`` in its result and the others are still written. ``OUT/manifest.jsonl``
+    is then merged: one line per input, this run's results replacing an earlier run's.
     """
     plan = plan_predictions(inputs, out_dir)
-    return list(iter_predictions(model, meta, plan, device=device, overlay=overlay, alpha=alpha, legend=legend,
-                                 dense=dense, bf16=bf16, tta=tta, batch_size=batch_size, workers=workers,
-                                 writers=writers, manifest=manifest))
+    results = list(iter_predictions(model, meta, plan, device=device, overlay=overlay, alpha=alpha, legend=legend,
+                                    dense=dense, bf16=bf16, tta=tta, batch_size=batch_size, workers=workers,
+                                    writers=writers, manifest=manifest))
+    if manifest:
+        merge_manifests(plan.out_dir)  # one line per input, sorted, also after earlier runs into the same folder
+    return results
