@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from PIL import Image
+from scorers import random_scorer
 
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.cli import main
@@ -64,14 +65,6 @@ def assert_same_weights(expected_path, got_path):
     initial = build_model("fcn8s-lite0", num_classes=3, pretrained_backbone=PRETRAINED).state_dict()
     moved = max((expected[key].float() - initial[key].float()).abs().max().item() for key in expected if "score" in key)
     assert moved > 1e-3  # training changed the weights far beyond the tolerance
-
-
-def random_scorer() -> torch.nn.Module:
-    """An untrained fcn8s-lite0 whose stride-8 scores are random: it predicts all three classes, here and there."""
-    torch.manual_seed(2)
-    model = build_model("fcn8s-lite0", num_classes=3)
-    torch.nn.init.normal_(model.score_pool3.weight, std=0.1)
-    return model
 
 
 def scenarios(root: str, out: str) -> None:

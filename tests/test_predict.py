@@ -10,26 +10,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scorers import SHAPES_META, random_scorer
 
-from fcnseg.checkpoint import ModelMeta, make_checkpoint
+from fcnseg.checkpoint import make_checkpoint
 from fcnseg.cli import main
 from fcnseg.data.base import DataError, read_image
 from fcnseg.data.transforms import normalize
-from fcnseg.models.registry import build_model
 from fcnseg.predict import iter_predictions, merge_manifests, plan_predictions, predict_paths, read_manifest
 from fcnseg.predict.pipeline import size_batches
 
-META = ModelMeta(model="fcn8s-lite0", num_classes=3, class_names=("background", "square", "disc"),
-                 palette=((0, 0, 0), (200, 30, 30), (30, 30, 200)), normalization="lite")
+META = SHAPES_META
 
 
 @pytest.fixture(scope="module")
 def scorer():
-    """An untrained fcn8s-lite0 whose stride-8 scores are random: all three classes appear here and there."""
-    torch.manual_seed(2)
-    model = build_model("fcn8s-lite0", num_classes=3)
-    torch.nn.init.normal_(model.score_pool3.weight, std=0.1)
-    return model.eval()
+    return random_scorer().eval()
 
 
 @pytest.fixture(scope="module")
