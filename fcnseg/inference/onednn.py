@@ -80,28 +80,29 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 class PackedWeights(dict):
-    """oneDNN's packed copies of a module's weights, keyed by the caller (which weight, dtype) and the batch size.
+    """oneDNN's packed copies of a module's weights, keyed by the caller (which weight, dtype) and the input shape.
     ``deepcopy`` gives an empty cache: packed tensors are opaque and cannot be copied; they are packed again at the
     next call.
 
-    The layout oneDNN picks depends on the batch size much more than on the image size: VGG16 FCN-8s (compact
-    layout, 180x240) packed for batch 1 took 951 ms for a batch of 2, against 493 ms packed for batch 2 (and
-    730 ms against 259 ms the other way), while packing at 240x320 instead of 180x240 changed batch 1 by about
-    10%. So each batch size gets its own copy, at its first call; the ``MAX_ENTRIES`` most recently used are kept,
-    bounding the memory at a few times the weights (VGG16 FCN: 123 MB per batch size).
+    The layout oneDNN picks depends on the input's shape, and a copy packed for one shape is slow at another:
+    VGG16 FCN-8s (compact layout, 180x240) packed for batch 1 took 951 ms for a batch of 2, against 493 ms packed
+    for batch 2; the shipped EfficientNet-Lite1 FCN-8s in bf16, packed at 180x240 (the example ``fcnseg serve``
+    tunes on), took 101 ms for a 360x480 image against 22 ms packed at 360x480 (2-core AMD EPYC Zen4, 2026-12-02).
+    So each input shape gets its own copy, at its first call (about 50 ms for the Lite1 model at 360x480); the
+    ``MAX_ENTRIES`` most recently used are kept, bounding the memory at a few times the weights (VGG16 FCN: 123 MB
+    per shape).
     """
 
-    MAX_ENTRIES = 8  # (weight, dtype, batch size) entries: a module has at most four (weight, dtype) keys
+    MAX_ENTRIES = 8  # (weight, dtype, input shape) entries: a module has at most four (weight, dtype) keys
 
     def __deepcopy__(self, memo: dict) -> PackedWeights:
         return type(self)()
 
     def get_packed(self, key: object, weight: torch.Tensor, *, padding: list[int], stride: list[int],
                    dilation: list[int], groups: int, input_shape: torch.Size) -> torch.Tensor:
-        """The packed ``weight`` for ``input_shape``'s batch size, packed at the first call with that batch size in
-        the layout oneDNN picks for ``input_shape`` (correct for any input: oneDNN reorders again where another
-        size wants another layout)."""
-        entry = (key, input_shape[0])
+        """The packed ``weight`` for ``input_shape``, packed at the first call with that shape in the layout oneDNN
+        picks for it."""
+        entry = (key, tuple(input_shape))
         packed = self.pop(entry, None)  # re-inserted last: the most recently used
         if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(

@@ -20,30 +20,32 @@ def test_conv_relu_matches_relu_of_the_convolution(groups, stride, padding):
     with torch.no_grad():
         expected = F.conv2d(x, conv.weight, conv.bias, stride, padding, 1, groups).clamp(min=0)
         expected_small = F.conv2d(small, conv.weight, conv.bias, stride, padding, 1, groups).clamp(min=0)
-    with torch.inference_mode():  # oneDNN, packed weights: at two sizes with one packed copy
+    with torch.inference_mode():  # oneDNN, packed weights: at two sizes, a packed copy for each
         torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(conv(small), expected_small, rtol=1e-5, atol=1e-5)
-    assert len(conv.packed) == 1
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    assert len(conv.packed) == 2
     out = conv(x.requires_grad_())  # autograd: the plain path, differentiable
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
 
 
-def test_weights_are_packed_once_per_batch_size_and_the_copies_bounded():
-    """oneDNN's packed layout depends on the batch size: each batch size gets its own packed copy, the most
-    recently used ``MAX_ENTRIES`` kept, and every one gives the plain outputs."""
+def test_weights_are_packed_once_per_input_shape_and_the_copies_bounded():
+    """oneDNN's packed layout depends on the input shape (batch size and image size): each shape gets its own
+    packed copy, the most recently used ``MAX_ENTRIES`` kept, and every one gives the plain outputs."""
     torch.manual_seed(0)
     conv = ConvReLU2d(4, 6, 3, padding=1)
+    shapes = [(1, 4, 9, 11), (2, 4, 9, 11), (1, 4, 12, 7)]
     with torch.inference_mode():
-        for batch in (1, 2, 1, 2):
-            x = torch.randn(batch, 4, 9, 11)
+        for shape in shapes + shapes:
+            x = torch.randn(*shape)
             torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1).clamp(min=0),
                                        rtol=1e-5, atol=1e-5)
-        assert sorted(conv.packed) == [(torch.float32, 1), (torch.float32, 2)]
+        assert sorted(conv.packed) == sorted((torch.float32, shape) for shape in shapes)
         for batch in range(3, 3 + PackedWeights.MAX_ENTRIES):
             conv(torch.randn(batch, 4, 5, 6))
-    assert list(conv.packed) == [(torch.float32, batch) for batch in range(3, 3 + PackedWeights.MAX_ENTRIES)]
+    assert list(conv.packed) == [(torch.float32, (batch, 4, 5, 6)) for batch in range(3, 3 + PackedWeights.MAX_ENTRIES)]
 
 
 def test_onednn_is_left_to_autocast_float32_inputs():

@@ -134,10 +134,10 @@ def test_packed_weights_serve_other_sizes_and_are_dropped_on_conversion():
     conv = conv_with_bias(16, 32, 1, 1, 1, seed=5)
     fused = FusedSameConv2d(conv, relu6=True)
     with torch.inference_mode():
-        for size in ((12, 15), (24, 30), (5, 7)):  # packed for the first size, reused for the others
+        for size in ((12, 15), (24, 30), (5, 7), (24, 30)):  # packed for each size at its first call
             x = torch.randn(2, 16, *size).contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(fused(x), expected_output(conv, x, relu6=True), rtol=1e-5, atol=1e-5)
-    assert len(fused.packed) == 1
+    assert len(fused.packed) == 3
     assert len(copy.deepcopy(fused).packed) == 0  # opaque packed tensors are not copied
     fused.double().float()  # conversions drop the stale packed copies
     assert len(fused.packed) == 0
