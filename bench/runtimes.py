@@ -4,7 +4,7 @@
     python bench/runtimes.py --quick                    # smoke run: the shipped model, 3 rounds, batch 2
     python bench/runtimes.py --models shipped --int8-onnx model-int8.onnx   # plus an int8 ONNX file of it
 
-Models: ``shipped`` (the trained fcn8s-lite0, ``fcnseg.checkpoint.default_checkpoint_path()``), ``fcn8s`` (the
+Models: ``shipped`` (the trained model inside the package, ``fcnseg.checkpoint.default_checkpoint_path()``), ``fcn8s`` (the
 reference-layout VGG16 FCN-8s) and ``fcn8s-compact`` (its layout without the 100-pixel pad), the last two with
 random weights (21 classes; score layers given random weights, as the reference zero-initializes them).
 Paths: fcnseg eager (``model.eval()`` under ``torch.inference_mode``), ``fcnseg.inference_model`` in float32 and

@@ -21,17 +21,21 @@ from pathlib import Path
 
 CONFIG = Path(__file__).parent / "configs" / "camvid-fcn8s-lite0.yaml"
 FAST = ["amp=true", "channels_last=true"]  # the training step's fast path (bench/train_step.py)
+OHEM = ["ohem_threshold=0.7", "ohem_min_kept=100000"]
 VARIANTS: dict[str, list[str]] = {
     "base": FAST,
     "base-seed1": FAST + ["seed=1"],
     "fp32": [],
     "enet": FAST + ["class_weights=enet"],
     "median": FAST + ["class_weights=median_frequency"],
-    "ohem": FAST + ["ohem_threshold=0.7", "ohem_min_kept=100000"],
-    "enet-ohem": FAST + ["class_weights=enet", "ohem_threshold=0.7", "ohem_min_kept=100000"],
+    "ohem": FAST + OHEM,
+    "enet-ohem": FAST + ["class_weights=enet"] + OHEM,
     "lite1": FAST + ["model=fcn8s-lite1"],
     "lite2": FAST + ["model=fcn8s-lite2"],
     "crop384": FAST + ["crop_size=384"],
+    "ohem-lite1": FAST + OHEM + ["model=fcn8s-lite1"],
+    "ohem-lite2": FAST + OHEM + ["model=fcn8s-lite2"],
+    "ohem-crop384": FAST + OHEM + ["crop_size=384"],
 }
 
 

@@ -23,7 +23,7 @@ CHECKPOINT_FORMAT = "fcnseg-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
 ASSETS = Path(__file__).parent / "assets"
-DEFAULT_CHECKPOINT = ASSETS / "fcn8s-lite0-camvid.pt"  # the model that ships inside the package
+DEFAULT_CHECKPOINT = ASSETS / "fcn8s-lite1-camvid.pt"  # the model that ships inside the package
 
 
 class CheckpointError(ValueError):
@@ -222,7 +222,7 @@ def inference_checkpoint(checkpoint: dict, *, half: bool = True, **extra) -> dic
 
 
 def default_checkpoint_path() -> Path:
-    """The shipped model (FCN-8s on EfficientNet-Lite0, trained on CamVid), inside the package."""
+    """The shipped model (FCN-8s on EfficientNet-Lite1, trained on CamVid), inside the package."""
     if not DEFAULT_CHECKPOINT.is_file():
         raise FileNotFoundError(
             f"no --checkpoint given and the shipped model {DEFAULT_CHECKPOINT} is missing from this install"

@@ -21,9 +21,9 @@ CAMVID = Path(os.environ.get("FCNSEG_CAMVID_ROOT", Path(__file__).resolve().pare
 
 def test_shipped_checkpoint_is_small_and_complete():
     path = default_checkpoint_path()
-    assert path.stat().st_size < 10e6
+    assert path.stat().st_size < 20e6  # issue 17: the shipped file stays under 20 MB (fp16)
     checkpoint = load_checkpoint(path)
-    assert "optimizer" not in checkpoint and checkpoint["model"] == "fcn8s-lite0"
+    assert "optimizer" not in checkpoint and checkpoint["model"] == "fcn8s-lite1"
     model, meta = model_from_checkpoint(path)
     assert meta.class_names[:4] == ("Sky", "Building", "Pole", "Road") and meta.num_classes == 11
     assert meta.palette == CAMVID_PALETTE and meta.normalization == "lite"

@@ -14,7 +14,7 @@ import torch
 from photos import photo, save_16bit_png, save_exif_rotated_jpeg
 from PIL import Image
 
-from fcnseg.checkpoint import ModelMeta, load_checkpoint, make_checkpoint, model_from_checkpoint
+from fcnseg.checkpoint import DEFAULT_CHECKPOINT, ModelMeta, load_checkpoint, make_checkpoint, model_from_checkpoint
 from fcnseg.cli import build_parser, main, parse_command_line
 from fcnseg.models.registry import build_model
 from fcnseg.predict import predict_labels, predict_paths
@@ -50,7 +50,7 @@ def one_error_line(stderr: str, *expected: str) -> str:
 
 @pytest.fixture(scope="module")
 def shipped():
-    return model_from_checkpoint(ROOT / "fcnseg" / "assets" / "fcn8s-lite0-camvid.pt")
+    return model_from_checkpoint(DEFAULT_CHECKPOINT)
 
 
 # ---------------------------------------------------------------- photos as shown, through predict and serve
@@ -198,7 +198,7 @@ def test_train_without_arguments_is_a_usage_error(capsys):
 def test_a_garbage_checkpoint_is_one_line_without_pytorchs_advice(tmp_path, content, problem):
     path = tmp_path / "model.pt"
     if content == "truncated":
-        content = (ROOT / "fcnseg" / "assets" / "fcn8s-lite0-camvid.pt").read_bytes()[:5000]
+        content = (DEFAULT_CHECKPOINT).read_bytes()[:5000]
     path.write_bytes(content)
     result = run_cli("predict", "fcnseg/assets/examples/0016E5_07997.png", "--checkpoint", str(path),
                      "--out", str(tmp_path / "out"))

@@ -17,7 +17,8 @@ from fcnseg.predict import predict_labels
 from fcnseg.training.config import TrainConfig, config_to_yaml
 from fcnseg.weights import Weights
 
-SHIPPED = "fcn8s-lite0-camvid"
+SHIPPED = "fcn8s-lite1-camvid"
+SHIPPED_MODEL = "fcn8s-lite1"
 EXAMPLE = DEFAULT_CHECKPOINT.parent / "examples" / "0016E5_07959.png"
 
 
@@ -29,7 +30,7 @@ def shipped_file() -> dict:
 
 @pytest.fixture(scope="module")
 def shipped_model():
-    return build_model("fcn8s-lite0", weights=SHIPPED)
+    return build_model(SHIPPED_MODEL, weights=SHIPPED)
 
 
 def test_shipped_record_says_what_the_file_holds(shipped_file):
@@ -44,13 +45,13 @@ def test_shipped_record_says_what_the_file_holds(shipped_file):
     assert weights.num_classes == shipped_file["model_args"]["num_classes"] == len(meta["class_names"])
     assert weights.meta["categories"] == meta["class_names"]
     training = shipped_file["training"]  # what ship_default_model.py recorded of the run
-    assert training["step"] == 2600 and round(training["train_seconds"] / 60, 1) == 39.9
-    assert "2600 steps" in weights.trained_on and "39.9 training minutes" in weights.trained_on
+    assert training["step"] == 2700 and round(training["train_seconds"] / 60, 1) == 54.4
+    assert "2700 steps" in weights.trained_on and "54.4 training minutes" in weights.trained_on
     assert training["train_splits"] == ["train", "val"] and training["val_held_out"] is False
     (val,) = weights.evaluations
-    assert (val.dataset, val.split, val.held_out, val.mean_iu) == ("CamVid", "val", False, 80.45)
+    assert (val.dataset, val.split, val.held_out, val.mean_iu) == ("CamVid", "val", False, 82.50)
     assert weights.meta["_metrics"]["CamVid-val"]["held_out"] is False
-    assert "camvid-fcn8s-lite0-trainval.yaml" in weights.recipe
+    assert "camvid-fcn8s-lite1-trainval.yaml" in weights.recipe
     assert "Apache-2.0" in weights.license and "CamVid" in weights.license
 
 
@@ -67,17 +68,17 @@ def test_build_model_loads_the_files_tensors_as_float32(shipped_file, shipped_mo
         if value.is_floating_point():
             assert value.dtype == torch.float16 and loaded[key].dtype == torch.float32, key
         assert torch.equal(loaded[key], value.to(loaded[key].dtype)), key
-    by_record = build_model("fcn8s-lite0", weights=get_weights(SHIPPED), num_classes=11)
+    by_record = build_model(SHIPPED_MODEL, weights=get_weights(SHIPPED), num_classes=11)
     assert all(torch.equal(by_record.state_dict()[key], loaded[key]) for key in loaded)
 
 
 def test_weights_of_another_model_or_shape_are_refused():
-    with pytest.raises(ValueError, match="are for model 'fcn8s-lite0', not 'fcn8s'"):
-        build_model("fcn8s", weights=SHIPPED)
+    with pytest.raises(ValueError, match="are for model 'fcn8s-lite1', not 'fcn8s-lite0'"):
+        build_model("fcn8s-lite0", weights=SHIPPED)
     with pytest.raises(ValueError, match="11 classes, not num_classes=21"):
-        build_model("fcn8s-lite0", weights=SHIPPED, num_classes=21)
+        build_model(SHIPPED_MODEL, weights=SHIPPED, num_classes=21)
     with pytest.raises(ValueError, match="leave out pretrained_backbone"):
-        build_model("fcn8s-lite0", weights=SHIPPED, pretrained_backbone=True)
+        build_model(SHIPPED_MODEL, weights=SHIPPED, pretrained_backbone=True)
     with pytest.raises(TypeError, match="needs num_classes"):
         build_model("fcn8s-lite0")
 
@@ -160,8 +161,8 @@ def test_fcnseg_models_lists_the_weights_with_their_scores(capsys):
     assert main(["models", "--size", "64x64"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     line = lines[SHIPPED]
-    assert line.split()[1:5] == ["fcn8s-lite0", "11", f"{DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f}", "MB"]
-    assert "CamVid val: mean IU 80.45" in line and "not held out" in line
+    assert line.split()[1:5] == [SHIPPED_MODEL, "11", f"{DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f}", "MB"]
+    assert "CamVid val: mean IU 82.50" in line and "not held out" in line
     assert "fcn8s" in lines  # the model table is still there
 
 
@@ -172,3 +173,8 @@ def test_importing_the_models_loads_no_checkpoint_or_data_code_and_makes_no_cycl
     assert result.stdout.strip() == "[]"
     for first in ("fcnseg.weights", "fcnseg.checkpoint"):  # either imported first: no partially initialized module
         subprocess.run([sys.executable, "-c", f"import {first}; from fcnseg.models import get_weights"], check=True)
+
+
+def test_a_retired_weights_name_says_what_replaced_it():
+    with pytest.raises(ValueError, match="'fcn8s-lite0-camvid' are no longer shipped: .*replaced by fcn8s-lite1-camvid"):
+        get_weights("fcn8s-lite0-camvid")

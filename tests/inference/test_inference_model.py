@@ -46,8 +46,10 @@ ALEXNET_STEPS = ["channels_last", "unfold_fc6", "fuse_relu", "channelwise_upsamp
 def test_inference_model_matches_plain_path_on_other_sizes(shipped_model):
     fast = inference_model(shipped_model, torch.randn(1, 3, 64, 96), timed=False)
     assert fast.steps == SHIPPED_STEPS
+    batch_norms = sum(isinstance(module, torch.nn.BatchNorm2d) for module in shipped_model.modules())
     assert [str(decision) for decision in fast.decisions] == [
-        "fold_bn: kept (49 conv + batch norm pairs; always less work, not timed)", "channels_last: kept (not timed)",
+        f"fold_bn: kept ({batch_norms} conv + batch norm pairs; always less work, not timed)",
+        "channels_last: kept (not timed)",
         "fuse_lite: kept (not timed)", "channelwise_upsample: kept (not timed)"]
     for size in ((1, 3, 64, 96), (2, 3, 37, 81)):
         x = torch.randn(size)

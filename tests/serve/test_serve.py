@@ -365,7 +365,8 @@ def test_shipped_model_segments_a_road_scene():
     model, meta = load_serving_model(None)
     photo = Image.open(ASSETS / "examples" / "0016E5_07997.png").convert("RGB").resize((240, 180))
     with TestClient(create_app(model, meta)) as shipped:
-        assert shipped.get("/v1/model").json()["name"] == "fcn8s-lite0"
+        stored = torch.load(ASSETS / "fcn8s-lite1-camvid.pt", map_location="cpu", weights_only=True)
+        assert shipped.get("/v1/model").json()["name"] == stored["model"] == "fcn8s-lite1"
         body = post_image(shipped, encode(photo)).json()
     shares = {c["name"]: c["share"] for c in body["classes"]}
     assert (body["width"], body["height"]) == (240, 180)
