@@ -231,10 +231,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for result in results:
             if result["error"] is not None:
                 failed += 1
-                tqdm.write(f"fcnseg predict: error: {result['error']} (skipped; continuing)", file=sys.stderr)
+                write_line(f"fcnseg predict: error: {result['error']} (skipped; continuing)", file=sys.stderr)
             elif not args.quiet:
                 shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result["classes"].items())
-                tqdm.write(f"{result['input']} -> {result['labels']}: {shares}")
+                write_line(f"{result['input']} -> {result['labels']}: {shares}")
         barrier()  # every rank's shard of the manifest is complete
         if context.is_main:
             merge_manifests(plan.out_dir)
@@ -276,6 +276,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for image in images:
         print(f"  {Path(image)}")
     return 0
+
+
+def write_line(text: str, file=None) -> None:
+    """``text`` and its newline in one write, above any progress bar: under torchrun every rank writes to the same
+    pipe, and a line written in two calls (as ``print`` and ``tqdm.write`` do on an unbuffered stream) can be cut by
+    another rank's line."""
+    from tqdm import tqdm
+
+    tqdm.write(text + "\n", file=file, end="")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -165,3 +165,29 @@ def test_cli_batches_skips_existing_and_writes_the_manifest(scorer, photos, tmp_
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 9 and len({json.loads(line)["input"] for line in lines}) == 9
     assert not list(out.glob("manifest.rank*")) and not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+class WriteCalls:
+    """A text stream that records each ``write`` call: what ranks sharing one pipe would see as separate writes."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_each_printed_line_is_one_write_so_ranks_cannot_cut_it(scorer, photos, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "model.pt"
+    torch.save(make_checkpoint(scorer, META), checkpoint)
+    stdout = WriteCalls()
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main(["predict", str(photos), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
+                 "--overlay", "none", "--workers", "0"]) == 0
+    printed = [call for call in stdout.calls if call]
+    assert len(printed) == 9  # one call per image
+    assert all(call.endswith("\n") and call.count("\n") == 1 and "_labels.png: " in call for call in printed)
