@@ -133,17 +133,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model(checkpoint: str | None):
-    from fcnseg.checkpoint import model_from_checkpoint
+    from fcnseg.checkpoint import default_checkpoint_path
+    from fcnseg.inference.onnx_model import load_model_file
 
-    if checkpoint is None:
-        from fcnseg.checkpoint import default_checkpoint_path
-
-        checkpoint = default_checkpoint_path()
-    from fcnseg.inference.onnx_model import is_onnx_file, load_quantized
-
-    if is_onnx_file(checkpoint):  # an int8 file from fcnseg quantize (by content; a checkpoint is a zip)
-        return load_quantized(checkpoint)
-    return model_from_checkpoint(checkpoint)
+    return load_model_file(checkpoint if checkpoint is not None else default_checkpoint_path())
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnseg.checkpoint import CheckpointError, ModelMeta
+from fcnseg.checkpoint import CheckpointError, ModelMeta, model_from_checkpoint
 
 QUANTIZED_FORMAT = "fcnseg-int8-onnx"
 QUANTIZED_FORMAT_VERSION = 1
@@ -183,3 +183,9 @@ def load_quantized(path: str | os.PathLike, *, runtime: str = "auto") -> tuple[O
     stored = read_metadata(path)
     meta = meta_from_metadata(stored, path=path)
     return OnnxSegmenter(path, runtime=runtime).eval(), meta
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[nn.Module, ModelMeta]:
+    """A PyTorch checkpoint (``model_from_checkpoint``) or an int8 ONNX file from ``fcnseg quantize``
+    (``load_quantized``), told apart by content (a checkpoint is a zip archive)."""
+    return load_quantized(path) if is_onnx_file(path) else model_from_checkpoint(path)

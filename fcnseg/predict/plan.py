@@ -112,9 +112,8 @@ def expand_glob(pattern: str) -> list[Path]:
 def glob_base(pattern: str) -> Path:
     """The folders a pattern names before its first wildcard: ``photos/2024/**/*.jpg`` -> ``photos/2024``."""
     parts = Path(pattern).parts
-    fixed = [part for part in parts[: next(i for i, part in enumerate(parts)
-                                           if any(c in part for c in GLOB_CHARACTERS))]]
-    return Path(*fixed) if fixed else Path(".")
+    first_wildcard = next(i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARACTERS))
+    return Path(*parts[:first_wildcard]) if first_wildcard else Path(".")
 
 
 def _jobs_of(item: str | Path, *, out_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:

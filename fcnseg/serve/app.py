@@ -308,20 +308,17 @@ def load_serving_model(checkpoint: str | Path | None = None, *, device: torch.de
     """The checkpoint's model (the shipped CamVid model when ``None``), made fast for inference on ``device``
     (``bf16``: bf16 autocast where the hardware has fast bf16 kernels, see ``fcnseg.inference_model``). An int8
     ONNX file from ``fcnseg quantize`` (told by its content) runs as it is, in OpenVINO or onnxruntime."""
-    from fcnseg.checkpoint import default_checkpoint_path, model_from_checkpoint
+    from fcnseg.checkpoint import default_checkpoint_path
     from fcnseg.inference import inference_model
-    from fcnseg.inference.onnx_model import OnnxSegmenter, is_onnx_file, load_quantized
+    from fcnseg.inference.onnx_model import OnnxSegmenter, load_model_file
 
     checkpoint = checkpoint if checkpoint is not None else default_checkpoint_path()
-    if is_onnx_file(checkpoint):  # an int8 file from fcnseg quantize: already a tuned runtime
-        if bf16:
-            raise ValueError(f"--bf16 does not apply to an int8 ONNX model ({checkpoint}): it runs in int8")
-        model, meta = load_quantized(checkpoint)
-    else:
-        model, meta = model_from_checkpoint(checkpoint)
+    model, meta = load_model_file(checkpoint)
     if meta.in_channels != 3:
         raise ValueError(f"fcnseg serve segments RGB photos; {meta.model} takes {meta.in_channels} input channels")
-    if isinstance(model, OnnxSegmenter):
+    if isinstance(model, OnnxSegmenter):  # an int8 file from fcnseg quantize: already a tuned runtime
+        if bf16:
+            raise ValueError(f"--bf16 does not apply to an int8 ONNX model ({checkpoint}): it runs in int8")
         return model, meta
     # the rewrites are checked and timed on it: a photo's proportions at a size that tunes in a second or two
     example = torch.randn(1, meta.in_channels, 180, 240, device=device)
