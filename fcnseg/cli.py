@@ -261,7 +261,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from fcnseg.quantize import quantize_checkpoint
 
     path = quantize_checkpoint(args.checkpoint, calibration=args.calibration, out=args.out,
-                               num_images=args.images, method=args.method)
+                               num_images=args.images, method=args.method, reduce_range=not args.full_range)
     stored = read_metadata(path)
     images = stored["calibration"]["images"]
     print(f"wrote {path}: {stored['meta']['model']} as int8 QDQ ONNX ({path.stat().st_size / 1e6:.1f} MB), "
@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="calibration images, spread evenly over the sorted list (default 16)")
     quantize.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
                           help="how activation ranges are chosen (default minmax; docs/performance.md)")
+    quantize.add_argument("--full-range", action="store_true",
+                          help="8-bit weights instead of 7-bit: only for CPUs with VNNI or AMX; without them (AVX2 "
+                          "only) the int8 products saturate and the labels degrade (docs/performance.md)")
     quantize.set_defaults(func=cmd_quantize)
 
     serve = commands.add_parser("serve", help="a web page and HTTP API that segment uploaded images")

@@ -73,6 +73,37 @@ def test_int8_logits_track_the_float_model(scorer, int8_path, shapes):
     assert quantized(other_size).shape == (1, 3, 45, 70)
 
 
+def int8_weights_and_float_convtranspose(path) -> tuple[list[np.ndarray], list[bool]]:
+    """The file's int8 initializers (the quantized weights), and for each ConvTranspose node whether its weight is
+    a float initializer (the node left in float)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    int8 = [numpy_helper.to_array(tensor) for tensor in graph.initializer if tensor.data_type == onnx.TensorProto.INT8]
+    float_upsampling = [node.input[1] in initializers
+                        and initializers[node.input[1]].data_type == onnx.TensorProto.FLOAT
+                        for node in graph.node if node.op_type == "ConvTranspose"]
+    return int8, float_upsampling
+
+
+def test_weights_cannot_saturate_int16_pairs_by_default(int8_path, checkpoint_path, shapes, tmp_path):
+    """Without VNNI, x86 int8 convolutions sum two uint8 x int8 products in int16 (vpmaddubsw), saturating above
+    32767: the default 7-bit weights keep 2 * 255 * |w| below it, 8-bit ones (``reduce_range=False``) do not. The
+    fixed upsamplings stay float either way."""
+    weights, float_upsampling = int8_weights_and_float_convtranspose(int8_path)
+    assert weights and float_upsampling and all(float_upsampling)
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert 32 < largest <= 64 and 2 * 255 * largest <= 32767
+    assert read_metadata(int8_path)["calibration"]["reduce_range"] is True
+    full = quantize_checkpoint(checkpoint_path, calibration=[shapes / "images"], out=tmp_path / "full.onnx",
+                               num_images=2, reduce_range=False)
+    full_weights, _ = int8_weights_and_float_convtranspose(full)
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in full_weights)
+    assert largest >= 127 and 2 * 255 * largest > 32767
+
+
 @pytest.fixture(autouse=True)
 def onnxruntime_in_process(monkeypatch):
     """In this process every int8 file runs in onnxruntime, as where OpenVINO is not installed: OpenVINO's
