@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fcnseg.devices import bf16_supported
 from fcnseg.inference.channelwise_upsample import channelwise_upsampling
 from fcnseg.inference.fold_bn import fold_batch_norms, fold_conv_bn
 from fcnseg.inference.onednn import (
@@ -80,18 +81,6 @@ class InferenceModule(nn.Module):
                 return run(x)
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
                 return run(x).float()
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 convolutions have fast kernels on ``device`` (CUDA with bf16, or oneDNN's CPU bf16 path)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:  # a private op: absent from some builds
-            return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
 
 
 def _derived(fast: InferenceModule, model: nn.Module, *, autocast_dtype: torch.dtype | None = None

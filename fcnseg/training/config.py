@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
-    amp: bool = False  # bf16 autocast (CUDA, and CPUs with oneDNN bf16 kernels such as AMX)
+    amp: bool = False  # bf16 autocast where it is fast (CUDA, CPUs with AVX512-BF16 or AMX); elsewhere float32
     channels_last: bool = False  # channels_last weights and inputs (CPU FCN-8s step 3.38 s, not 3.79; performance.md)
     tensorboard: bool = False
     stop_after: int | None = None  # stop (as if killed) after this many steps; for tests and time budgets

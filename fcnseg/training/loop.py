@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fcnseg.checkpoint import CheckpointError, ModelMeta, load_checkpoint, make_checkpoint, save_atomically
+from fcnseg.devices import bf16_supported
 from fcnseg.distributed import (
     DistContext,
     any_rank,
@@ -87,6 +88,7 @@ class Run:
     out: Path
     stop: StopRequest  # what the signal handlers recorded
     class_weights: torch.Tensor | None = None  # (K,) on ``device``: the cross-entropy's class weights
+    autocast: bool = False  # bf16 autocast: ``amp`` where ``device`` has fast bf16 kernels (``autocast_for``)
     val_in_train: int = 0  # validation images that are training images; > 0: no best.pt is selected
 
 
@@ -260,10 +262,23 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
                                    modalities=modalities, out=out, context=context)
     run = Run(model=model, optimizer=optimizer, val_set=val_set, meta=meta, config=config, device=device,
               context=context, out=out, stop=stop, val_in_train=val_in_train,
+              autocast=autocast_for(config, device, announce=context.is_main),
               class_weights=None if class_weights is None else torch.tensor(class_weights, device=device))
     result = _loop(run, state, train_set=train_set, progress=progress)
     barrier()  # every rank returns once rank 0 has written its files
     return result
+
+
+def autocast_for(config: TrainConfig, device: torch.device, *, announce: bool) -> bool:
+    """Whether to train under bf16 autocast: ``amp`` on a device with fast bf16 kernels. Elsewhere (a CPU without
+    AVX512-BF16 or AMX) bf16 is emulated and several times slower than float32, so the run trains in float32 and
+    says so (``announce``: this rank prints)."""
+    if not config.amp or bf16_supported(device):
+        return config.amp
+    if announce:
+        print(f"note: amp=true, but {device.type} has no fast bf16 kernels (CPUs need AVX512-BF16 or AMX): "
+              "training in float32, which is several times faster here")
+    return False
 
 
 def _class_weights(config: TrainConfig, *, num_classes: int, ignore_index: int, modalities: tuple[str, ...],
@@ -301,7 +316,7 @@ def _train_step(run: Run, batches, *, step: int) -> float:
     for micro in range(config.grad_accum):
         images, masks = next(batches)
         with no_sync_unless(micro == config.grad_accum - 1, model):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.autocast):
                 images = images.to(device, non_blocking=True)
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)

@@ -224,3 +224,25 @@ def test_training_on_train_and_val_writes_no_best_and_resumes_exactly(shapes, tm
     assert all(torch.equal(expected[key], got[key]) for key in expected)
     with pytest.raises(ValueError, match="lists 2 weights; the data set has 3"):
         train(recipe_config(shapes, tmp_path / "bad", class_weights=[1.0, 2.0]), progress=False)
+
+
+def test_amp_trains_in_float32_where_bf16_is_not_fast(shapes, tmp_path, capsys, monkeypatch):
+    """``amp=true`` on a device without fast bf16 kernels: the weights equal an ``amp=false`` run's, bit for bit,
+    and the run says so; where bf16 is fast (simulated), autocast runs and the weights differ."""
+    import fcnseg.training.loop as loop
+
+    def last_weights(name, **changes):
+        train(recipe_config(shapes, tmp_path / name, train_splits=["train"], class_weights=None, **changes),
+              progress=False)
+        return load_checkpoint(tmp_path / name / "last.pt")["state_dict"]
+
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: False)
+    plain = last_weights("plain")
+    capsys.readouterr()
+    fallback = last_weights("fallback", amp=True)
+    assert "amp=true, but cpu has no fast bf16 kernels" in capsys.readouterr().out
+    assert all(torch.equal(plain[key], fallback[key]) for key in plain)
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: True)
+    bf16 = last_weights("bf16", amp=True)
+    assert "no fast bf16 kernels" not in capsys.readouterr().out
+    assert not all(torch.equal(plain[key], bf16[key]) for key in plain)
