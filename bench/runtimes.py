@@ -3,6 +3,7 @@
     python bench/runtimes.py                            # shipped, fcn8s, fcn8s-compact at 360x480, 2 threads
     python bench/runtimes.py --quick                    # smoke run: the shipped model, 3 rounds, batch 2
     python bench/runtimes.py --models shipped --int8-onnx model-int8.onnx   # plus an int8 ONNX file of it
+    python bench/runtimes.py --models shipped --paths openvino-f32 --int8-onnx a.onnx --int8-onnx b.onnx
 
 Models: ``shipped`` (the trained model inside the package, ``fcnseg.checkpoint.default_checkpoint_path()``), ``fcn8s`` (the
 reference-layout VGG16 FCN-8s) and ``fcn8s-compact`` (its layout without the 100-pixel pad), the last two with
@@ -12,8 +13,9 @@ with ``bf16=True`` (built once on a batch-1 random input at ``--size``, or as ``
 at both batch sizes; its choices are printed), onnxruntime on the ``fcnseg.export`` ONNX file (float32, CPU
 provider), and OpenVINO on the same file, reshaped to each batch shape and compiled for "CPU" with
 INFERENCE_PRECISION_HINT f32 or bf16 and PERFORMANCE_HINT LATENCY.
-``--int8-onnx PATH`` adds an int8 (QDQ) ONNX file of the one model named in ``--models``, run by onnxruntime and
-by OpenVINO (f32 for its non-quantized parts); without it there are no int8 rows.
+``--int8-onnx PATH`` (repeatable) adds an int8 (QDQ) ONNX file of the one model named in ``--models``, run by
+onnxruntime and by OpenVINO (f32 for its non-quantized parts), rows named by the file; without it there are no
+int8 rows.
 
 Every runtime gets ``--threads`` threads (``torch.set_num_threads``, onnxruntime ``intra_op_num_threads``, OpenVINO
 INFERENCE_NUM_THREADS). Times: batch-1 latency and batch-``--batch`` throughput; each round runs every path once
@@ -44,7 +46,7 @@ PATHS = ("eager", "fast", "fast-bf16", "onnxruntime", "openvino-f32", "openvino-
 INT8_PATHS = ("onnxruntime-int8", "openvino-int8")
 LABELS = {"eager": "fcnseg eager", "fast": "fcnseg inference_model f32", "fast-bf16": "fcnseg inference_model bf16",
           "onnxruntime": "onnxruntime f32", "openvino-f32": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16",
-          "onnxruntime-int8": "onnxruntime int8 (--int8-onnx)", "openvino-int8": "OpenVINO int8 (--int8-onnx)"}
+          "onnxruntime-int8": "onnxruntime int8", "openvino-int8": "OpenVINO int8"}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 EXAMPLES = Path(__file__).resolve().parents[1] / "fcnseg" / "assets" / "examples"
 RANDOM_CLASSES = 21
@@ -150,6 +152,19 @@ def openvino_runner(onnx_path: str, shape: tuple[int, ...], precision: str, thre
     return run, used.get_type_name() if hasattr(used, "get_type_name") else str(used)
 
 
+def onnx_file_key(path: str) -> str:
+    """The ``files`` key a runtime path reads: ``"f32"``, or ``"int8:<index>"`` for ``"<runtime>-int8:<index>"``."""
+    return f"int8:{path.split(':')[1]}" if ":" in path else "f32"
+
+
+def label(path: str, args: argparse.Namespace) -> str:
+    """A path's row name; an int8 path is named by its file."""
+    if ":" not in path:
+        return LABELS[path]
+    base, index = path.split(":")
+    return f"{LABELS[base]} ({args.int8_onnx[int(index)].name})"
+
+
 def make_runners(path: str, model: nn.Module, files: dict[str, str], example: torch.Tensor,
                  shapes: list[tuple[int, ...]], args: argparse.Namespace, notes: list[str]) -> dict[tuple, Runner]:
     """One runner per input shape for ``path``; ``notes`` gets what the path chose (steps, precision)."""
@@ -160,18 +175,18 @@ def make_runners(path: str, model: nn.Module, files: dict[str, str], example: to
 
         started = time.perf_counter()
         fast = inference_model(model, example, bf16=path == "fast-bf16")
-        notes.append(f"{LABELS[path]}: built in {time.perf_counter() - started:.1f} s; "
+        notes.append(f"{label(path, args)}: built in {time.perf_counter() - started:.1f} s; "
                      + "; ".join(str(decision) for decision in fast.decisions))
         run = torch_runner(fast)
     elif path.startswith("onnxruntime"):
-        run = onnxruntime_runner(files["int8" if path.endswith("int8") else "f32"], args.threads)
-    else:  # openvino-f32, openvino-bf16, openvino-int8
-        precision = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}[path]
-        onnx_path = files["int8" if path.endswith("int8") else "f32"]
+        run = onnxruntime_runner(files[onnx_file_key(path)], args.threads)
+    else:  # openvino-f32, openvino-bf16, openvino-int8:<index>
+        precision = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}[path.split(":")[0]]
+        onnx_path = files[onnx_file_key(path)]
         runners = {}
         for shape in shapes:
             runners[shape], used = openvino_runner(onnx_path, shape, precision, args.threads)
-        notes.append(f"{LABELS[path]}: INFERENCE_PRECISION_HINT {precision} requested, {used} used")
+        notes.append(f"{label(path, args)}: INFERENCE_PRECISION_HINT {precision} requested, {used} used")
         return runners
     return {shape: run for shape in shapes}
 
@@ -212,8 +227,8 @@ def bench_model(name: str, paths: list[str], args: argparse.Namespace) -> None:
                 warnings.simplefilter("ignore")
                 files["f32"] = export_onnx(model, Path(folder) / f"{name}.onnx", example_size=(1, 3, 64, 96),
                                            check_sizes=())
-        if args.int8_onnx:
-            files["int8"] = str(args.int8_onnx)
+        for index, int8_file in enumerate(args.int8_onnx):
+            files[f"int8:{index}"] = str(int8_file)
         generator = torch.Generator().manual_seed(0)
         example = {"size": lambda: torch.randn(1, 3, height, width, generator=generator), "image": lambda: images[0],
                    "predict": lambda: torch.randn(1, 3, 180, 240, generator=generator)}[args.fast_example]()
@@ -235,7 +250,7 @@ def bench_model(name: str, paths: list[str], args: argparse.Namespace) -> None:
     eager_rate = args.batch / statistics.median(throughput[paths[0]])
     for path in paths:
         median, rate = statistics.median(latency[path]), args.batch / statistics.median(throughput[path])
-        print(f"| {LABELS[path]} | {median * 1e3:.1f} ms | {min(latency[path]) * 1e3:.1f}-"
+        print(f"| {label(path, args)} | {median * 1e3:.1f} ms | {min(latency[path]) * 1e3:.1f}-"
               f"{max(latency[path]) * 1e3:.1f} ms | {eager_latency / median:.2f}x | {rate:.2f} | "
               f"{rate / eager_rate:.2f}x | {agreements[path]:.2%} |", flush=True)
 
@@ -246,8 +261,7 @@ def available_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     unknown = set(paths) - set(PATHS)
     if unknown:
         raise SystemExit(f"unknown paths {sorted(unknown)}; expected some of {','.join(PATHS)}")
-    if args.int8_onnx:
-        paths += list(INT8_PATHS)
+    paths += [f"{path}:{index}" for index in range(len(args.int8_onnx)) for path in INT8_PATHS]
     paths = ["eager"] + [path for path in paths if path != "eager"]  # the reference row comes first
     left_out = []
     for runtime in ("onnxruntime", "openvino"):
@@ -273,8 +287,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fast-example", choices=tuple(FAST_EXAMPLES), default="size",
                         help="what inference_model checks and times its rewrites on: " + "; ".join(
                             f"{name}: {text}" for name, text in FAST_EXAMPLES.items()))
-    parser.add_argument("--int8-onnx", type=Path, default=None,
-                        help="an int8 ONNX file of the one model in --models: adds onnxruntime and OpenVINO int8 rows")
+    parser.add_argument("--int8-onnx", type=Path, action="append", default=[],
+                        help="an int8 ONNX file of the one model in --models: adds onnxruntime and OpenVINO int8 rows "
+                        "(repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: defaults become the shipped model, 1 warm-up + 3 rounds, batch 2, 2 images")
     args = parser.parse_args(argv)
