@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 import time
 import warnings
@@ -41,13 +40,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fcnseg.devices import cpu_description
+
 MODELS = ("shipped", "fcn8s", "fcn8s-compact")
 PATHS = ("eager", "fast", "fast-bf16", "onnxruntime", "openvino-f32", "openvino-bf16")
 INT8_PATHS = ("onnxruntime-int8", "openvino-int8")
 LABELS = {"eager": "fcnseg eager", "fast": "fcnseg inference_model f32", "fast-bf16": "fcnseg inference_model bf16",
           "onnxruntime": "onnxruntime f32", "openvino-f32": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16",
           "onnxruntime-int8": "onnxruntime int8", "openvino-int8": "OpenVINO int8"}
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 EXAMPLES = Path(__file__).resolve().parents[1] / "fcnseg" / "assets" / "examples"
 RANDOM_CLASSES = 21
 DEFAULTS = {"models": ",".join(MODELS), "batch": 8, "rounds": 10, "warmup": 2, "images": 4}
@@ -57,20 +57,6 @@ FAST_EXAMPLES = {"size": "a random input at --size (default)", "image": "the fir
 
 # ``(N, C, H, W)`` float32 input -> ``(N, K, H, W)`` float32 logits, as a CPU tensor.
 Runner = Callable[[torch.Tensor], torch.Tensor]
-
-
-def cpu_description() -> str:
-    """lscpu's model name and which of ``CPU_FLAGS`` it lists."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (no lscpu)"
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    present = [flag for flag in CPU_FLAGS if flag in flags]
-    absent = [flag for flag in CPU_FLAGS if flag not in flags]
-    return (f"{fields.get('Model name', 'unknown CPU').strip()}; flags: {' '.join(present) or 'none of those'}"
-            f" (absent: {' '.join(absent) or 'none'})")
 
 
 def build(name: str) -> tuple[nn.Module, str, str]:

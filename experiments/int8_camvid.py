@@ -13,7 +13,6 @@ Needs the ``bench`` extra (onnxruntime, onnx; openvino optional).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,25 +20,13 @@ from pathlib import Path
 import torch
 
 VARIANTS = {
-    "8-bit": dict(reduce_range=False, keep_float=()),
-    "7-bit": dict(reduce_range=True, keep_float=()),
-    "default": dict(),  # 7-bit weights, ConvTranspose (the fixed upsamplings) in float
-    "default+score-float": dict(keep_float=("ConvTranspose", "score_fr", "score_pool4", "score_pool3")),
-    "8-bit+score-float": dict(reduce_range=False,
-                              keep_float=("ConvTranspose", "score_fr", "score_pool4", "score_pool3")),
+    "8-bit": {"reduce_range": False, "keep_float": ()},
+    "7-bit": {"reduce_range": True, "keep_float": ()},
+    "default": {},  # 7-bit weights, ConvTranspose (the fixed upsamplings) in float
+    "default+score-float": {"keep_float": ("ConvTranspose", "score_fr", "score_pool4", "score_pool3")},
+    "8-bit+score-float": {"reduce_range": False,
+                          "keep_float": ("ConvTranspose", "score_fr", "score_pool4", "score_pool3")},
 }
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_flags() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    return f"{fields.get('Model name', '?').strip()}; " + " ".join(
-        f"{flag}{'' if flag in flags else ' absent'}" for flag in FLAGS)
 
 
 def main(argv=None) -> None:
@@ -56,6 +43,7 @@ def main(argv=None) -> None:
 
     from fcnseg.checkpoint import default_checkpoint_path, model_from_checkpoint
     from fcnseg.data import build_dataset, eval_transforms
+    from fcnseg.devices import cpu_description
     from fcnseg.evaluate import evaluate
     from fcnseg.inference.onnx_model import load_quantized
     from fcnseg.quantize import quantize_checkpoint
@@ -65,7 +53,7 @@ def main(argv=None) -> None:
     dataset = build_dataset("camvid", root=args.root, split="val",
                             transforms=eval_transforms(normalization=meta.normalization))
     runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_flags()}; {args.threads} threads")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; {args.threads} threads")
     print(f"# {checkpoint}; CamVid val, {len(dataset)} images; MinMax on {args.images} train images\n")
     print("| int8 file | runtime | mean IU | pixel acc. | labels = f32 | Pole IU |")
     print("|---|---|---:|---:|---:|---:|")

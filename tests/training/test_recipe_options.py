@@ -229,7 +229,7 @@ def test_training_on_train_and_val_writes_no_best_and_resumes_exactly(shapes, tm
 def test_amp_trains_in_float32_where_bf16_is_not_fast(shapes, tmp_path, capsys, monkeypatch):
     """``amp=true`` on a device without fast bf16 kernels: the weights equal an ``amp=false`` run's, bit for bit,
     and the run says so; where bf16 is fast (simulated), autocast runs and the weights differ."""
-    import fcnseg.training.loop as loop
+    from fcnseg.training import loop
 
     def last_weights(name, **changes):
         train(recipe_config(shapes, tmp_path / name, train_splits=["train"], class_weights=None, **changes),
