@@ -2,7 +2,7 @@
 
     python experiments/logit_adjustment_camvid.py runs/ablation/ohem-lite1/last.pt --root ../shared/data/camvid
 
-A model trained on imbalanced pixels under-predicts its rare classes (CamVid's Pole is 0.6% of the labelled
+A model trained on imbalanced pixels under-predicts its rare classes (CamVid's Pole is about 1% of the labelled
 pixels); adding ``-tau * log(p_c)`` to the logits (Menon et al., "Long-tail learning via logit adjustment",
 ICLR 2021; ``tau = 1`` is the balanced-error optimum) moves the decision towards them. ``p_c`` is each class's
 share of the labelled pixels of the checkpoint's training splits (the same counting as ``class_weights: enet``).
@@ -15,27 +15,20 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
 
 TAUS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 
 
-def class_priors(root: Path, splits: list[str], *, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Each class's share of the labelled pixels of ``splits``' CamVid masks: ``(num_classes,)``."""
-    import numpy as np
-    from PIL import Image
+def class_priors(root: str, splits: list[str], *, model: str) -> torch.Tensor:
+    """Each class's share of the labelled pixels of ``splits``' CamVid masks, ``(num_classes,)``: the counting that
+    ``class_weights`` uses (``fcnseg.training.data.train_label_counts``)."""
+    from fcnseg.training.config import make_config
+    from fcnseg.training.data import train_label_counts
 
-    from fcnseg.data.camvid import CAMVID_VOID
-    from fcnseg.training.class_weights import class_pixel_counts
-
-    counts = np.zeros(num_classes, np.int64)
-    for split in splits:
-        for path in sorted((root / f"{split}annot").glob("*.png")):
-            labels = np.array(Image.open(path)).astype(np.int64)
-            labels[labels == CAMVID_VOID] = ignore_index  # as fcnseg.data.camvid maps it
-            counts += class_pixel_counts(labels, num_classes=num_classes, ignore_index=ignore_index)
+    config = make_config({"model": model, "dataset": "camvid", "root": root, "train_splits": splits, "workers": 0})
+    counts = sum(train_label_counts(config, modalities=("color",)))
     return torch.tensor(counts / counts.sum(), dtype=torch.float64)
 
 
@@ -57,8 +50,7 @@ def main(argv=None) -> None:
     model, meta = model_from_checkpoint(args.checkpoint)
     dataset = build_dataset("camvid", root=args.root, split="val",
                             transforms=eval_transforms(normalization=meta.normalization))
-    priors = class_priors(Path(args.root), args.prior_splits.split(","), num_classes=meta.num_classes,
-                          ignore_index=meta.ignore_index)
+    priors = class_priors(args.root, args.prior_splits.split(","), model=meta.model)
     log_priors = priors.log().float()[:, None, None]  # (K, 1, 1)
     taus = [float(tau) for tau in args.taus.split(",")]
     matrices = {tau: ConfusionMatrix(meta.num_classes, meta.ignore_index) for tau in taus}
