@@ -23,6 +23,12 @@ INFERENCE_NUM_THREADS). Times: batch-1 latency and batch-``--batch`` throughput;
 ``--warmup``. Agreement: the share of pixels whose arg-max label equals eager float32 PyTorch's, on ``--images``
 real images (CamVid val under ``--data``, else fcnseg/assets/examples/*.png), resized to ``--size``.
 Needs the ``bench`` extra (onnxruntime, onnx, openvino); a missing runtime's rows are left out, saying so.
+
+The hardware ceiling: each row's batch-1 GFLOP/s (the model's FLOPs per image, ``fcnseg.stats.count_flops``, over
+its median time) and its share of the machine's measured float32 peak, the GFLOP/s of a 2048x2048 matrix multiply
+on the same threads (``torch.mm``, medians of 5, measured before each model's table). A path near 100% cannot go
+faster in float32 on this CPU without doing less arithmetic; the depthwise layers of EfficientNet-Lite are
+memory-bound, so a Lite model's float32 ceiling sits below the matrix multiply's.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fcnseg.devices import cpu_description
+from fcnseg.stats import count_flops
 
 MODELS = ("shipped", "fcn8s", "fcn8s-compact")
 PATHS = ("eager", "fast", "fast-bf16", "onnxruntime", "openvino-f32", "openvino-bf16")
@@ -177,6 +184,19 @@ def make_runners(path: str, model: nn.Module, files: dict[str, str], example: to
     return {shape: run for shape in shapes}
 
 
+def gemm_peak_gflops(*, side: int = 2048, repeats: int = 5) -> float:
+    """float32 GFLOP/s of a ``side``-square matrix multiply on torch's threads: the measured compute ceiling."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(side, side, generator=generator) for _ in range(2))
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - started)
+    return 2 * side**3 / statistics.median(times) / 1e9
+
+
 def alternating(runners: dict[str, Runner], x: torch.Tensor, *, warmup: int, rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each runner on ``x``: every round calls each once, the first one rotating."""
     names = list(runners)
@@ -226,18 +246,23 @@ def bench_model(name: str, paths: list[str], args: argparse.Namespace) -> None:
                           warmup=args.warmup, rounds=args.rounds)
     throughput = alternating({path: runner[shapes[1]] for path, runner in runners.items()}, batch,
                              warmup=args.warmup, rounds=args.rounds)
+    gflop = count_flops(model, height=height, width=width) / 1e9  # per image
+    peak = gemm_peak_gflops()
     print(f"\n## {name}: {height}x{width}, batch 1 latency and batch {args.batch} throughput\n")
-    for note in notes:
+    ceiling = (f"{gflop:.2f} GFLOP per image; float32 ceiling: {peak:.1f} GFLOP/s (2048x2048 torch.mm, "
+               f"{args.threads} threads), so at least {gflop / peak * 1e3:.1f} ms an image")
+    for note in [*notes, ceiling]:
         print(f"- {note}")
-    print(f"\n| path | batch 1 median | min-max | vs eager | batch {args.batch} images/s | vs eager | "
-          "labels = eager f32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"\n| path | batch 1 median | min-max | vs eager | batch 1 GFLOP/s (of peak) | "
+          f"batch {args.batch} images/s | vs eager | labels = eager f32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     eager_latency = statistics.median(latency[paths[0]])
     eager_rate = args.batch / statistics.median(throughput[paths[0]])
     for path in paths:
         median, rate = statistics.median(latency[path]), args.batch / statistics.median(throughput[path])
         print(f"| {label(path, args)} | {median * 1e3:.1f} ms | {min(latency[path]) * 1e3:.1f}-"
-              f"{max(latency[path]) * 1e3:.1f} ms | {eager_latency / median:.2f}x | {rate:.2f} | "
+              f"{max(latency[path]) * 1e3:.1f} ms | {eager_latency / median:.2f}x | {gflop / median:.1f} "
+              f"({gflop / median / peak:.0%}) | {rate:.2f} | "
               f"{rate / eager_rate:.2f}x | {agreements[path]:.2%} |", flush=True)
 
 

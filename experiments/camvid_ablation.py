@@ -34,6 +34,7 @@ VARIANTS: dict[str, list[str]] = {
     "lite2": FAST + ["model=fcn8s-lite2"],
     "crop384": FAST + ["crop_size=384"],
     "ohem-lite1": FAST + OHEM + ["model=fcn8s-lite1"],
+    "ohem-lite1-fcn4s": FAST + OHEM + ["model=fcn4s-lite1"],
     "ohem-lite2": FAST + OHEM + ["model=fcn8s-lite2"],
     "ohem-crop384": FAST + OHEM + ["crop_size=384"],
 }

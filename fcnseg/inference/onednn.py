@@ -247,8 +247,8 @@ def batch_norms_folded(net: EfficientNetLite) -> bool:
 
 
 class FusedEfficientNetLite(nn.Module):
-    """Inference-only ``EfficientNetLite`` built from a batch-norm-folded one: same ``forward_features`` and
-    ``forward`` (and ``feature_channels``, ``stage_ends``), no parameters (buffers only).
+    """Inference-only ``EfficientNetLite`` built from a batch-norm-folded one: same ``forward_features``,
+    ``forward_pyramid`` and ``forward`` (and ``feature_channels``, ``stage_ends``), no parameters (buffers only).
 
     It computes in the dtype of its buffers: after ``.to(torch.bfloat16)`` the whole network runs in bf16 (the
     input is cast once, the features come out in bf16), without autocast's cast of every weight at every call.
@@ -264,12 +264,16 @@ class FusedEfficientNetLite(nn.Module):
         self.fc = net.classifier
         self.stage_ends = list(net.stage_ends)
         self.feature_channels = net.feature_channels
+        self.stride4_channels = net.stride4_channels
         self.variant = net.variant
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.forward_pyramid(x)[1:]
+
+    def forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.stem(x.to(self.stem.weight.dtype))  # (N, 32, H/2, W/2)
-        f8, f16, h = run_blocks(self.blocks, self.stage_ends, h)
-        return f8, f16, self.head(h)  # f32: (N, 1280, H/32, W/32)
+        f4, f8, f16, h = run_blocks(self.blocks, self.stage_ends, h)
+        return f4, f8, f16, self.head(h)  # f32: (N, 1280, H/32, W/32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, f32 = self.forward_features(x)

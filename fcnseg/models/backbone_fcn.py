@@ -4,6 +4,11 @@
 paper) score the stride-16 and stride-8 features; fixed (or learnable) bilinear transposed convolutions
 upsample and fuse them, and the last one returns to the input's resolution.
 
+FCN-4s goes one skip further, as the paper tried with pool2 ("diminishing returns" on PASCAL VOC, section 4.2):
+``score_pool2`` scores the stride-4 features of a backbone that has them (``forward_stride4``,
+``stride4_channels``, ``stride4_centre``: EfficientNet-Lite), for thin objects (CamVid's poles are 3-8 pixels
+wide at 360x480, under one stride-8 cell).
+
 Alignment. The backbones have no 100-pixel input pad, so the crops come from their geometry: cell ``i`` of
 the stride-``S`` map is centred on input pixel ``S * i + O`` (the backbone's ``cell_centres``). A transposed
 convolution with factor ``f`` and kernel ``k`` puts coarse cell ``i`` at output ``f * i + (k - 1) / 2``, so the
@@ -24,7 +29,7 @@ from fcnseg.models.layers import BilinearUpsample, crop_like, pad_to_multiple, z
 
 SIZE_MULTIPLE = 32
 # Name of the last upsampling layer per output stride, as the reference names them.
-FINAL_UPSCORE: dict[int, str] = {32: "upscore", 16: "upscore16", 8: "upscore8"}
+FINAL_UPSCORE: dict[int, str] = {32: "upscore", 16: "upscore16", 8: "upscore8", 4: "upscore4"}
 
 
 def upsampling_geometry(
@@ -43,7 +48,8 @@ def upsampling_geometry(
 
 
 class BackboneFCN(nn.Module):
-    """``forward((N, 3, H, W)) -> (N, num_classes, H, W)`` for any H, W; ``output_stride`` 32, 16 or 8.
+    """``forward((N, 3, H, W)) -> (N, num_classes, H, W)`` for any H, W; ``output_stride`` 32, 16, 8, or 4 on a
+    backbone with stride-4 features.
 
     ``backbone``: a module following ``fcnseg.models.backbones`` (``feature_channels``, ``cell_centres``,
     ``forward -> (f8, f16, f32)``).
@@ -56,6 +62,9 @@ class BackboneFCN(nn.Module):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         if output_stride not in FINAL_UPSCORE:
             raise ValueError(f"output_stride must be one of {sorted(FINAL_UPSCORE)}, got {output_stride}")
+        if output_stride == 4 and not hasattr(backbone, "forward_stride4"):
+            raise ValueError(f"output_stride 4 needs a backbone with stride-4 features (EfficientNet-Lite), "
+                             f"not {type(backbone).__name__}")
         self.backbone = backbone
         self.num_classes = num_classes
         self.output_stride = output_stride
@@ -73,11 +82,16 @@ class BackboneFCN(nn.Module):
             zero_init(self.score_pool4)
             self._add_upsampling("upscore2", factor=2, coarse=(stride, centre), fine=(16, centre16))
             stride, centre = 16, centre16
-        if output_stride == 8:
+        if output_stride <= 8:
             self.score_pool3 = nn.Conv2d(channels8, num_classes, 1)
             zero_init(self.score_pool3)
             self._add_upsampling("upscore_pool4", factor=2, coarse=(stride, centre), fine=(8, centre8))
             stride, centre = 8, centre8
+        if output_stride == 4:
+            self.score_pool2 = nn.Conv2d(backbone.stride4_channels, num_classes, 1)
+            zero_init(self.score_pool2)
+            self._add_upsampling("upscore_pool3", factor=2, coarse=(stride, centre), fine=(4, backbone.stride4_centre))
+            stride, centre = 4, backbone.stride4_centre
         self._add_upsampling(FINAL_UPSCORE[output_stride], factor=stride, coarse=(stride, centre), fine=(1, 0.0))
 
     def _add_upsampling(self, name: str, *, factor: int, coarse: tuple[int, float], fine: tuple[int, float]) -> None:
@@ -97,14 +111,20 @@ class BackboneFCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         padded = self.prepare_input(x)  # (N, 3, 32 * ceil(H / 32), 32 * ceil(W / 32))
-        f8, f16, f32 = self.backbone(padded)
+        if self.output_stride == 4:
+            f4, f8, f16, f32 = self.backbone.forward_stride4(padded)
+        else:
+            f8, f16, f32 = self.backbone(padded)
         score = self.score_fr(f32)  # (N, K, H/32, W/32)
         if self.output_stride <= 16:
             score_pool4 = self.score_pool4(f16)  # (N, K, H/16, W/16)
             score = score_pool4 + self._upsample_onto("upscore2", score, score_pool4)
-        if self.output_stride == 8:
+        if self.output_stride <= 8:
             score_pool3 = self.score_pool3(f8)  # (N, K, H/8, W/8)
             score = score_pool3 + self._upsample_onto("upscore_pool4", score, score_pool3)
+        if self.output_stride == 4:
+            score_pool2 = self.score_pool2(f4)  # (N, K, H/4, W/4)
+            score = score_pool2 + self._upsample_onto("upscore_pool3", score, score_pool2)
         final = FINAL_UPSCORE[self.output_stride]
         upscored = getattr(self, final)(score)  # (N, K, >= padded size)
         return crop_like(upscored, self.crops[final], height, width)  # (N, K, H, W)

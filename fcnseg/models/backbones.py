@@ -42,19 +42,26 @@ class LiteBackbone(nn.Module):
     """EfficientNet-Lite: the ends of stages 3 and 5, and the 1280-channel head convolution (stride 32).
 
     The stride-32 features are what the ImageNet classifier reads (the counterpart of VGG's fc7).
+    ``forward_stride4`` adds the end of stage 2 (stride 4) in front, for FCN-4s heads.
     """
 
     normalization = "lite"
     cell_centres = (7.0, 15.0, 31.0)
+    stride4_centre = 3.0  # s * i + s - 1 at s = 4, as the others
 
     def __init__(self, *, variant: str = "lite0", pretrained: bool = False):
         super().__init__()
         self.net = load_pretrained_lite(variant) if pretrained else EfficientNetLite(variant=variant)
         self.net.drop_classifier()
         self.feature_channels: tuple[int, int, int] = self.net.feature_channels
+        self.stride4_channels: int = self.net.stride4_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.net.forward_features(x)
+
+    def forward_stride4(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(f4, f8, f16, f32)``: ``forward``'s features and the stride-4 ones before them."""
+        return self.net.forward_pyramid(x)
 
 
 class ResNetBackbone(nn.Module):

@@ -72,15 +72,15 @@ class StageSpec:
 
 BASE_STAGES: tuple[StageSpec, ...] = (
     StageSpec(repeats=1, kernel_size=3, stride=1, expand_ratio=1, in_channels=32, out_channels=16),
-    StageSpec(repeats=2, kernel_size=3, stride=2, expand_ratio=6, in_channels=16, out_channels=24),
+    StageSpec(repeats=2, kernel_size=3, stride=2, expand_ratio=6, in_channels=16, out_channels=24),  # stride 4
     StageSpec(repeats=2, kernel_size=5, stride=2, expand_ratio=6, in_channels=24, out_channels=40),  # ends stride 8
     StageSpec(repeats=3, kernel_size=3, stride=2, expand_ratio=6, in_channels=40, out_channels=80),
     StageSpec(repeats=3, kernel_size=5, stride=1, expand_ratio=6, in_channels=80, out_channels=112),  # stride 16
     StageSpec(repeats=4, kernel_size=5, stride=2, expand_ratio=6, in_channels=112, out_channels=192),
     StageSpec(repeats=1, kernel_size=3, stride=1, expand_ratio=6, in_channels=192, out_channels=320),
 )
-# Indices (into BASE_STAGES) of the last stage at stride 8 and at stride 16.
-STRIDE8_STAGE, STRIDE16_STAGE = 2, 4
+# Indices (into BASE_STAGES) of the last stage at stride 4, at stride 8 and at stride 16.
+STRIDE4_STAGE, STRIDE8_STAGE, STRIDE16_STAGE = 1, 2, 4
 
 # variant -> (module of the weights package, class with ``get_model_file_path()``, pip name).
 WEIGHT_PACKAGES: dict[str, tuple[str, str, str]] = {
@@ -142,17 +142,17 @@ class SameConv2d(nn.Conv2d):
 
 
 def run_blocks(blocks: nn.ModuleList, stage_ends: list[int], h: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the MBConv ``blocks`` on the stem's output ``h``; ``(f8, f16, last)``: the ends of the stride-8 and
-    stride-16 stages (``stage_ends`` holds each stage's last block) and the last block's output."""
-    stride8_end, stride16_end = stage_ends[STRIDE8_STAGE], stage_ends[STRIDE16_STAGE]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the MBConv ``blocks`` on the stem's output ``h``; ``(f4, f8, f16, last)``: the ends of the stride-4,
+    stride-8 and stride-16 stages (``stage_ends`` holds each stage's last block) and the last block's output."""
+    ends = {stage_ends[STRIDE4_STAGE]: 0, stage_ends[STRIDE8_STAGE]: 1, stage_ends[STRIDE16_STAGE]: 2}
+    features: list[torch.Tensor] = [h, h, h]
     for index, block in enumerate(blocks):
         h = block(h)
-        if index == stride8_end:
-            f8 = h  # (N, C8, H/8, W/8)
-        elif index == stride16_end:
-            f16 = h  # (N, C16, H/16, W/16)
-    return f8, f16, h  # last: (N, C_last, H/32, W/32)
+        if index in ends:
+            features[ends[index]] = h  # (N, C4, H/4, W/4), (N, C8, H/8, W/8), (N, C16, H/16, W/16)
+    f4, f8, f16 = features
+    return f4, f8, f16, h  # last: (N, C_last, H/32, W/32)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -237,14 +237,19 @@ class EfficientNetLite(nn.Module):
             plan[STRIDE16_STAGE].out_channels,
             HEAD_CHANNELS,
         )
+        self.stride4_channels = plan[STRIDE4_STAGE].out_channels
         self.resolution = spec.resolution
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(N, 3, H, W) -> (f8, f16, f32)``, of ``ceil(H / s) x ceil(W / s)`` cells at stride ``s``."""
+        return self.forward_pyramid(x)[1:]
+
+    def forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(N, 3, H, W) -> (f4, f8, f16, f32)``: ``forward_features`` and the end of the stride-4 stage."""
         h = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)  # (N, 32, H/2, W/2)
-        f8, f16, h = run_blocks(self._blocks, self.stage_ends, h)
+        f4, f8, f16, h = run_blocks(self._blocks, self.stage_ends, h)
         f32 = F.relu6(self._bn1(self._conv_head(h)), inplace=True)  # (N, 1280, H/32, W/32)
-        return f8, f16, f32
+        return f4, f8, f16, f32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, f32 = self.forward_features(x)

@@ -23,7 +23,7 @@ class CoarseScoring(Protocol):
                            to a multiple of 32), applied before shifting inputs; the identity elsewhere
     ``coarse_scores(x)``   ``(N, C, H, W) -> (N, K, h, w)``: ``score_fr`` at stride 32
     ``score_cell_centre``  cell ``i`` of ``coarse_scores`` is centred on input pixel ``32 i + score_cell_centre``
-    ``output_stride``      the stride of the scores the model's skips fuse down to (32, 16 or 8)
+    ``output_stride``      the stride of the scores the model's skips fuse down to (32, 16, 8 or 4)
     """
 
     num_classes: int

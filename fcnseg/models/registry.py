@@ -104,6 +104,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "fcn8s-lite0": _on_backbone("lite0", 8, "EfficientNet-Lite0, + stride-16 and stride-8 skips, 8x"),
     "fcn8s-lite1": _on_backbone("lite1", 8, "EfficientNet-Lite1 FCN-8s"),
     "fcn8s-lite2": _on_backbone("lite2", 8, "EfficientNet-Lite2 FCN-8s"),
+    "fcn4s-lite1": _on_backbone("lite1", 4, "EfficientNet-Lite1, + stride-16, -8 and -4 skips, 4x (thin objects)"),
     "fcn8s-resnet50": _on_backbone("resnet50", 8, "torchvision ResNet-50 (layer2/3/4) FCN-8s"),
     "fcn8s-resnet101": _on_backbone("resnet101", 8, "torchvision ResNet-101 (layer2/3/4) FCN-8s"),
     "fcn8s-vgg16-compact": _on_backbone("vgg16-compact", 8,

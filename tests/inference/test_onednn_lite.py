@@ -78,7 +78,7 @@ def test_fused_lite_features_match_the_plain_network():
     fused = FusedEfficientNetLite(folded)
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
-        for got, expected in zip(fused.forward_features(x), net.forward_features(x)):
+        for got, expected in zip(fused.forward_pyramid(x), net.forward_pyramid(x)):  # f4, f8, f16, f32
             assert got.shape == expected.shape
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
         torch.testing.assert_close(fused(x), net(x), rtol=1e-4, atol=1e-4)

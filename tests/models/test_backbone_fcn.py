@@ -124,7 +124,10 @@ def head_on_zero_features(model_name: str) -> BackboneFCN:
 def impulse_peaks(model: BackboneFCN, score_layer: str) -> dict:
     """{(i, j): (row, col)} of the output's peak when score map ``score_layer`` is an impulse at (i, j)."""
     height, width = IMPULSE_SIZE
-    rows, cols = model.backbone.shapes[SCORE_LEVELS[score_layer]][-2:]
+    if score_layer == "score_pool2":
+        rows, cols = model.backbone.stride4_shape[-2:]
+    else:
+        rows, cols = model.backbone.shapes[SCORE_LEVELS[score_layer]][-2:]
     peaks = {}
     for i in range(rows // 2 - 1, rows // 2 + 1):
         for j in range(cols // 2 - 1, cols // 2 + 1):
@@ -164,6 +167,60 @@ def test_each_score_cell_lands_on_its_receptive_field_centre(model_name, score_l
     stride, centre = STRIDES[level], measured_cell_centres(backbone_name)[level]
     for (i, j), peak in impulse_peaks(head_on_zero_features(model_name), score_layer).items():
         assert peak == pytest.approx((stride * i + centre, stride * j + centre)), (i, j)
+
+
+class ZeroPyramid(ZeroFeatures):
+    """``ZeroFeatures`` with the stride-4 features of ``forward_stride4`` too."""
+
+    def __init__(self, stride4_shape, shapes):
+        super().__init__(shapes)
+        self.stride4_shape = stride4_shape
+
+    def forward_stride4(self, x):
+        return (torch.zeros(self.stride4_shape), *self(x))
+
+
+def test_backbone_declares_its_measured_stride4_centre():
+    # Lite0's stage 2 (stride 4) ends at block 2; measured as the other centres are.
+    net = geometry_copy(build_backbone("lite0"), "net._blocks.2._project_conv")
+    row = field_centre(net, height=256, width=96, stride=4, axis=0)
+    assert row == field_centre(net, height=96, width=256, stride=4, axis=1) == LiteBackbone.stride4_centre
+
+
+@pytest.mark.parametrize("score_layer", ["score_pool2", "score_pool3", "score_fr"])
+def test_fcn4s_score_cells_land_on_their_receptive_field_centres(score_layer):
+    model = BackboneFCN(LiteBackbone(), num_classes=2, output_stride=4).eval()
+    height, width = IMPULSE_SIZE
+    with torch.no_grad():
+        padded = torch.zeros(1, 3, -(-height // 32) * 32, -(-width // 32) * 32)
+        f4, *features = model.backbone.forward_stride4(padded)
+        model.backbone = ZeroPyramid(f4.shape, [f.shape for f in features])
+    stride, centre = {"score_pool2": (4, LiteBackbone.stride4_centre), "score_pool3": (8, 7.0),
+                      "score_fr": (32, 31.0)}[score_layer]
+    for (i, j), peak in impulse_peaks(model, score_layer).items():
+        assert peak == pytest.approx((stride * i + centre, stride * j + centre)), (i, j)
+
+
+def test_zero_stride4_skip_makes_fcn4s_equal_fcn8s():
+    # score_pool2 starts at zero (the paper's init for new skips): then FCN-4s is FCN-8s, 2x then 4x linear
+    # interpolation being 8x linear interpolation on grid-centred cells.
+    torch.manual_seed(0)
+    fcn8s = BackboneFCN(LiteBackbone(), num_classes=3, output_stride=8).eval()
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        nn.init.normal_(getattr(fcn8s, name).weight)
+    fcn4s = BackboneFCN(LiteBackbone(), num_classes=3, output_stride=4).eval()
+    missing, unexpected = fcn4s.load_state_dict(fcn8s.state_dict(), strict=False)
+    assert unexpected == ["upscore8.weight"]  # FCN-8s's last upsampling; FCN-4s has its own fixed ones
+    assert all(key.startswith(("score_pool2.", "upscore_pool3.", "upscore4.")) for key in missing)
+    assert fcn4s.score_pool2.weight.abs().sum() == 0
+    x = torch.randn(1, 3, 75, 101)
+    with torch.no_grad():
+        coarse, fine = fcn8s(x), fcn4s(x)
+    assert fine.shape == (1, 3, 75, 101)
+    assert torch.allclose(fine, coarse, atol=1e-5 * coarse.abs().max().item())
+    nn.init.normal_(fcn4s.score_pool2.weight)
+    with torch.no_grad():
+        assert not torch.allclose(fcn4s(x), coarse, atol=1e-3 * coarse.abs().max().item())
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +286,9 @@ def test_zoo_builders_and_errors():
     with pytest.raises(ValueError, match="transplant_vgg16"):
         build_model("fcn8s", num_classes=2, pretrained_backbone=True)
     with pytest.raises(ValueError, match="output_stride"):
-        BackboneFCN(LiteBackbone(), num_classes=2, output_stride=4)
+        BackboneFCN(LiteBackbone(), num_classes=2, output_stride=2)
+    with pytest.raises(ValueError, match="stride-4 features"):
+        BackboneFCN(VGG16Backbone(), num_classes=2, output_stride=4)
 
 
 def test_pretrained_backbone_loads_the_packaged_weights():
