@@ -23,8 +23,7 @@ from fcnseg.distributed import DistContext, global_loss
 from fcnseg.training.config import make_config, resolve_recipe
 from fcnseg.training.data import build_datasets, train_loader
 from fcnseg.training.losses import loss_terms
-from fcnseg.training.loop import _build_model
-from fcnseg.training.setup import make_optimizer
+from fcnseg.training.setup import build_training_model, make_optimizer
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer", "step")
 
@@ -48,7 +47,7 @@ def main(argv=None) -> None:
     if not args.no_ohem:
         keys.update(ohem_threshold=0.7, ohem_min_kept=100000)
     config = resolve_recipe(make_config(keys))
-    model, normalization = _build_model(config)
+    model, normalization = build_training_model(config)
     model.train()
     optimizer = make_optimizer(model, config)
     model = model.to(memory_format=torch.channels_last)
