@@ -22,6 +22,7 @@ from fcnseg.devices import cpu_description
 from fcnseg.distributed import DistContext, global_loss
 from fcnseg.training.config import make_config, resolve_recipe
 from fcnseg.training.data import build_datasets, train_loader
+from fcnseg.training.loop import set_training_modes
 from fcnseg.training.losses import loss_terms
 from fcnseg.training.setup import build_training_model, make_optimizer
 
@@ -37,6 +38,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-ohem", action="store_true")
+    parser.add_argument("--freeze-backbone-stride", type=int, default=None,
+                        help="the recipe option freeze_backbone_stride (2, 4, 8 or 16): those layers are not trained")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -44,11 +47,13 @@ def main(argv=None) -> None:
     keys = {"model": args.model, "dataset": "camvid", "root": args.root, "crop_size": 320,
             "scale_range": [0.75, 1.5], "color_jitter": 0.2, "train_splits": ["train"], "workers": args.workers,
             "channels_last": True, "pretrained_backbone": True}
+    if args.freeze_backbone_stride is not None:
+        keys["freeze_backbone_stride"] = args.freeze_backbone_stride
     if not args.no_ohem:
         keys.update(ohem_threshold=0.7, ohem_min_kept=100000)
     config = resolve_recipe(make_config(keys))
     model, normalization = build_training_model(config)
-    model.train()
+    set_training_modes(model, config)  # the loop's modes: frozen layers' batch norm in eval
     optimizer = make_optimizer(model, config)
     model = model.to(memory_format=torch.channels_last)
     train_set, _ = build_datasets(config, normalization, ("color",))
@@ -74,6 +79,7 @@ def main(argv=None) -> None:
                 times[name].append(seconds)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_description()}, torch {torch.__version__}, "
           f"{args.model}, {args.threads} threads, {args.workers} workers, OHEM {'off' if args.no_ohem else 'on'}, "
+          f"freeze_backbone_stride {args.freeze_backbone_stride}, "
           f"medians of {args.steps} steps after {args.warmup}")
     print("| phase | median s | min-max |")
     print("|---|---:|---:|")

@@ -72,24 +72,29 @@ class TimmFCN8s(nn.Module):
         return self.up8(h)  # (N, K, H, W)
 
 
-def ours(mode: str):
-    """``(model, optimizer, step)`` for fcnseg's fcn8s-lite0 as ``fcnseg train`` configures it in ``mode``."""
+def ours(mode: str, *, model_name: str = "fcn8s-lite0"):
+    """``(model, optimizer, step)`` for fcnseg's ``model_name`` as ``fcnseg train`` configures it in ``mode``:
+    ``fp32`` or ``bf16`` (``amp``), ``-cl`` (``channels_last``), ``-freezeN`` (``freeze_backbone_stride: N``)."""
     from fcnseg.distributed import DistContext, global_loss
     from fcnseg.inference.unfold_fc import unfold_large_convolutions
     from fcnseg.models import build_model
     from fcnseg.training.config import make_config, resolve_recipe
+    from fcnseg.training.loop import set_training_modes
     from fcnseg.training.losses import loss_terms
-    from fcnseg.training.setup import make_optimizer
+    from fcnseg.training.setup import freeze_backbone_layers, make_optimizer
 
     amp, channels_last = "bf16" in mode, "cl" in mode
-    config = resolve_recipe(make_config({"model": "fcn8s-lite0", "dataset": "camvid", "root": ".", "amp": amp,
-                                         "channels_last": channels_last}))
-    model = build_model("fcn8s-lite0", num_classes=NUM_CLASSES)
+    freeze = int(mode.split("freeze")[1]) if "freeze" in mode else None
+    config = resolve_recipe(make_config({"model": model_name, "dataset": "camvid", "root": ".", "amp": amp,
+                                         "channels_last": channels_last, "freeze_backbone_stride": freeze}))
+    model = build_model(model_name, num_classes=NUM_CLASSES)
     for module in model.modules():  # score layers start at zero: give them weights, as after a few steps
         if isinstance(module, nn.Conv2d) and module.out_channels == NUM_CLASSES and module.weight.requires_grad:
             nn.init.normal_(module.weight, std=0.01)
     unfold_large_convolutions(model)
-    model.train()
+    if freeze is not None:
+        freeze_backbone_layers(model, freeze, model_name=model_name)
+    set_training_modes(model, config)
     optimizer = make_optimizer(model, config)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -147,7 +152,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--ours", default="fp32,fp32-cl,bf16,bf16-cl", help="modes of ours (fp32/bf16, -cl)")
+    parser.add_argument("--model", default="fcn8s-lite0", help="our model (the peer is always FCN-8s on Lite0)")
+    parser.add_argument("--ours", default="fp32,fp32-cl,bf16,bf16-cl",
+                        help="modes of ours (fp32/bf16, -cl, -freezeN: freeze_backbone_stride N)")
     parser.add_argument("--peer", default="fp32,bf16-cl", help="modes of the timm peer")
     parser.add_argument("--profile", action="store_true", help="print a per-op profile of each entry")
     parser.add_argument("--profile-rows", type=int, default=18)
@@ -158,7 +165,7 @@ def main(argv=None) -> None:
     images = torch.randn(args.batch, 3, args.crop, args.crop)
     masks = torch.randint(0, NUM_CLASSES, (args.batch, args.crop, args.crop))
     masks[:, :16] = IGNORE  # some void, as in CamVid
-    entries = {f"fcnseg {m}": ours(m) for m in args.ours.split(",") if m}
+    entries = {f"fcnseg {args.model} {m}": ours(m, model_name=args.model) for m in args.ours.split(",") if m}
     entries.update({f"timm peer {m}": peer(m) for m in args.peer.split(",") if m})
     times: dict[str, list[float]] = {name: [] for name in entries}
     for round_index in range(args.warmup + args.rounds):

@@ -35,6 +35,8 @@ VARIANTS: dict[str, list[str]] = {
     "crop384": FAST + ["crop_size=384"],
     "ohem-lite1": FAST + OHEM + ["model=fcn8s-lite1"],
     "ohem-lite1-fcn4s": FAST + OHEM + ["model=fcn4s-lite1"],
+    "ohem-lite1-fcn4s-freeze4": FAST + OHEM + ["model=fcn4s-lite1", "freeze_backbone_stride=4"],
+    "ohem-lite1-fcn4s-freeze8": FAST + OHEM + ["model=fcn4s-lite1", "freeze_backbone_stride=8"],
     "ohem-lite2": FAST + OHEM + ["model=fcn8s-lite2"],
     "ohem-crop384": FAST + OHEM + ["crop_size=384"],
 }

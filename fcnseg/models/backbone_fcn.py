@@ -137,6 +137,10 @@ class BackboneFCN(nn.Module):
         """``(N, 3, H, W) -> (N, K, ceil(H / 32), ceil(W / 32))``: ``score_fr`` on the stride-32 features."""
         return self.score_fr(self.backbone(self.prepare_input(x))[2])
 
+    def backbone_layers_to_stride(self, stride: int) -> list[nn.Module]:
+        """The backbone's layers that compute its stride-``stride`` features (``layers_to_stride``), in order."""
+        return self.backbone.layers_to_stride(stride)
+
     @property
     def score_cell_centre(self) -> float:
         return float(self.backbone.cell_centres[2])

@@ -63,6 +63,9 @@ class LiteBackbone(nn.Module):
         """``(f4, f8, f16, f32)``: ``forward``'s features and the stride-4 ones before them."""
         return self.net.forward_pyramid(x)
 
+    def layers_to_stride(self, stride: int) -> list[nn.Module]:
+        return self.net.layers_to_stride(stride)
+
 
 class ResNetBackbone(nn.Module):
     """torchvision ResNet-50/101: layer2 (stride 8), layer3 (16), layer4 (32); ``fc`` dropped."""
@@ -88,6 +91,15 @@ class ResNetBackbone(nn.Module):
         f16 = self.layer3(f8)  # (N, 1024, H/16, W/16)
         f32 = self.layer4(f16)  # (N, 2048, H/32, W/32)
         return f8, f16, f32
+
+    def layers_to_stride(self, stride: int) -> list[nn.Module]:
+        """conv1 and bn1 (stride 2), then layer1 (4), layer2 (8), layer3 (16): Detectron2's ``FREEZE_AT`` 1-4."""
+        layers = {2: [self.conv1, self.bn1], 4: [self.conv1, self.bn1, self.layer1]}
+        layers[8] = layers[4] + [self.layer2]
+        layers[16] = layers[8] + [self.layer3]
+        if stride not in layers:
+            raise ValueError(f"ResNet has layers to stride {sorted(layers)}, not {stride}")
+        return layers[stride]
 
 
 def vgg16_features() -> nn.Sequential:
@@ -131,6 +143,14 @@ class VGG16Backbone(nn.Module):
             elif index == self.POOL4:
                 f16 = h  # (N, 512, H/16, W/16)
         return f8, f16, h  # pool5: (N, 512, H/32, W/32)
+
+    def layers_to_stride(self, stride: int) -> list[nn.Module]:
+        """The convolutions up to pool1 (stride 2), pool2 (4), pool3 (8) or pool4 (16)."""
+        pools = [index for index, layer in enumerate(self.features) if isinstance(layer, nn.MaxPool2d)]
+        ends = {2 ** (rank + 1): index for rank, index in enumerate(pools[:4])}
+        if stride not in ends:
+            raise ValueError(f"VGG16 has layers to stride {sorted(ends)}, not {stride}")
+        return list(self.features[: ends[stride] + 1])
 
 
 def _lite(variant: str) -> Callable[[bool], nn.Module]:

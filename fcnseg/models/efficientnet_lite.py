@@ -259,6 +259,15 @@ class EfficientNetLite(nn.Module):
     def conv_bn_pairs(self) -> list[tuple[str, str]]:
         return [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")]
 
+    def layers_to_stride(self, stride: int) -> list[nn.Module]:
+        """The stem and the blocks of every stage that ends at ``stride`` or finer (2, 4, 8 or 16): the layers
+        that compute the stride-``stride`` features, in order (to freeze them while fine-tuning)."""
+        ends = {2: self.stage_ends[STRIDE4_STAGE - 1], 4: self.stage_ends[STRIDE4_STAGE],
+                8: self.stage_ends[STRIDE8_STAGE], 16: self.stage_ends[STRIDE16_STAGE]}
+        if stride not in ends:
+            raise ValueError(f"EfficientNet-Lite has layers to stride {sorted(ends)}, not {stride}")
+        return [self._conv_stem, self._bn0, *self._blocks[: ends[stride] + 1]]
+
     @property
     def stem_conv(self) -> SameConv2d:
         return self._conv_stem

@@ -50,6 +50,7 @@ class TrainConfig:
     color_jitter: float = 0.0
     learnable_upsampling: bool = False
     bn_momentum: float | None = None  # batch-norm running-stat momentum while training (modern: 0.1)
+    freeze_backbone_stride: int | None = None  # don't train the backbone up to its stride-N features (2/4/8/16)
     freeze_bn: bool = False  # batch norm in eval mode: running statistics used, not updated (fine-tuning; exact DDP)
     stochastic_layers: bool = True  # false: no dropout or stochastic depth while training (exact DDP equivalence)
     sync_bn: bool = True  # under DDP on GPUs, batch-norm statistics over the global batch (SyncBatchNorm)
@@ -146,6 +147,8 @@ def _check_recipe_options(config: TrainConfig) -> None:
         raise ValueError(f"ohem_min_kept must be >= 0, got {config.ohem_min_kept}")
     if config.ohem_min_kept and config.ohem_threshold is None:
         raise ValueError("ohem_min_kept needs ohem_threshold (OHEM is on only with a threshold)")
+    if config.freeze_backbone_stride not in (None, 2, 4, 8, 16):
+        raise ValueError(f"freeze_backbone_stride must be 2, 4, 8, 16 or null, got {config.freeze_backbone_stride}")
     splits = config.train_splits
     if splits is not None and (not splits or len(set(splits)) != len(splits)):
         raise ValueError(f"train_splits must be a non-empty list of distinct split names, got {list(splits)}")

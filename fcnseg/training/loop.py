@@ -125,16 +125,22 @@ def _build_model(config: TrainConfig) -> tuple[nn.Module, str]:
     return late_fusion_from_streams(color, hha), normalization
 
 
-def _set_training_modes(model: nn.Module, config: TrainConfig) -> None:
-    """Train mode, but frozen batch norm (``freeze_bn``) and no dropout or stochastic depth (``stochastic_layers``)."""
+def set_training_modes(model: nn.Module, config: TrainConfig) -> None:
+    """Train mode, but frozen batch norm (``freeze_bn``, and the layers ``freeze_backbone_stride`` froze: their
+    running statistics stay ImageNet's) and no dropout or stochastic depth (``stochastic_layers``)."""
     model.train()
     for module in model.modules():
-        if config.freeze_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (config.freeze_bn or _frozen(module)):
             module.eval()
         if not config.stochastic_layers and isinstance(module, nn.modules.dropout._DropoutNd):
             module.eval()
         if not config.stochastic_layers and isinstance(module, DropPath):
             module.eval()  # EfficientNet-Lite's per-sample stochastic depth
+
+
+def _frozen(module: nn.Module) -> bool:
+    parameters = list(module.parameters(recurse=False))
+    return bool(parameters) and not any(parameter.requires_grad for parameter in parameters)
 
 
 def _save(run: Run, state: TrainState, name: str) -> None:
@@ -245,7 +251,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
         raise ValueError(f"model has {model.num_classes} classes, data set {info.name} has {info.num_classes}")
     model.to(device)
     unfold_large_convolutions(model)  # fc6 as one GEMM on the CPU (same parameters; docs/performance.md)
-    _set_training_modes(model, config)
+    set_training_modes(model, config)
     optimizer = make_optimizer(model, config)
     state = TrainState()
     found = _resume_checkpoint(out, is_main=context.is_main) if resume else None

@@ -33,7 +33,23 @@ def build_training_model(config: TrainConfig) -> tuple[nn.Module, str]:
                 module.momentum = config.bn_momentum
     if config.init_weights:
         normalization = _initialize(model, Path(config.init_weights), model_name=config.model)
+    if config.freeze_backbone_stride is not None:
+        freeze_backbone_layers(model, config.freeze_backbone_stride, model_name=config.model)
     return model, config.normalization or normalization
+
+
+def freeze_backbone_layers(model: nn.Module, stride: int, *, model_name: str) -> list[nn.Module]:
+    """Stop training the backbone's layers up to its stride-``stride`` features (Detectron2's ``FREEZE_AT``):
+    their parameters stop requiring gradients, so autograd neither keeps their activations nor runs their
+    backward pass, and ``make_optimizer`` leaves them out. Their batch norm must also stay in eval mode (the
+    training loop puts every batch norm whose weight is frozen there). Returns the frozen layers."""
+    if not hasattr(model, "backbone_layers_to_stride"):
+        raise ValueError(f"freeze_backbone_stride: {model_name} has no separate backbone to freeze; it works for "
+                         "the models on fcnseg.models.backbones (fcn*-lite*, fcn*-resnet*, fcn*-vgg16-compact)")
+    layers = model.backbone_layers_to_stride(stride)
+    for layer in layers:
+        layer.requires_grad_(False)
+    return layers
 
 
 def _initialize(model: nn.Module, path: Path, *, model_name: str) -> str:
