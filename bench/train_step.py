@@ -74,7 +74,8 @@ class TimmFCN8s(nn.Module):
 
 def ours(mode: str, *, model_name: str = "fcn8s-lite0"):
     """``(model, optimizer, step)`` for fcnseg's ``model_name`` as ``fcnseg train`` configures it in ``mode``:
-    ``fp32`` or ``bf16`` (``amp``), ``-cl`` (``channels_last``), ``-freezeN`` (``freeze_backbone_stride: N``)."""
+    ``fp32`` or ``bf16`` (``amp``), ``-cl`` (``channels_last``), ``-freezeN`` (``freeze_backbone_stride: N``), and
+    ``-unfused`` (the frozen blocks in their plain training form, not ``FrozenMBConv``)."""
     from fcnseg.distributed import DistContext, global_loss
     from fcnseg.inference.unfold_fc import unfold_large_convolutions
     from fcnseg.models import build_model
@@ -84,7 +85,7 @@ def ours(mode: str, *, model_name: str = "fcn8s-lite0"):
     from fcnseg.training.setup import freeze_backbone_layers, make_optimizer
 
     amp, channels_last = "bf16" in mode, "cl" in mode
-    freeze = int(mode.split("freeze")[1]) if "freeze" in mode else None
+    freeze = int(mode.split("freeze")[1].split("-")[0]) if "freeze" in mode else None
     config = resolve_recipe(make_config({"model": model_name, "dataset": "camvid", "root": ".", "amp": amp,
                                          "channels_last": channels_last, "freeze_backbone_stride": freeze}))
     model = build_model(model_name, num_classes=NUM_CLASSES)
@@ -93,7 +94,7 @@ def ours(mode: str, *, model_name: str = "fcn8s-lite0"):
             nn.init.normal_(module.weight, std=0.01)
     unfold_large_convolutions(model)
     if freeze is not None:
-        freeze_backbone_layers(model, freeze, model_name=model_name)
+        freeze_backbone_layers(model, freeze, model_name=model_name, fused="unfused" not in mode)
     set_training_modes(model, config)
     optimizer = make_optimizer(model, config)
     if channels_last:
@@ -154,7 +155,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--model", default="fcn8s-lite0", help="our model (the peer is always FCN-8s on Lite0)")
     parser.add_argument("--ours", default="fp32,fp32-cl,bf16,bf16-cl",
-                        help="modes of ours (fp32/bf16, -cl, -freezeN: freeze_backbone_stride N)")
+                        help="modes of ours (fp32/bf16, -cl, -freezeN: freeze_backbone_stride N, -unfused: "
+                             "frozen blocks in their plain form)")
     parser.add_argument("--peer", default="fp32,bf16-cl", help="modes of the timm peer")
     parser.add_argument("--profile", action="store_true", help="print a per-op profile of each entry")
     parser.add_argument("--profile-rows", type=int, default=18)

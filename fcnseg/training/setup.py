@@ -10,6 +10,7 @@ from torch import nn
 from fcnseg.models.registry import build_model, model_spec
 from fcnseg.models.transplant import copy_shared_layers
 from fcnseg.training.config import TrainConfig
+from fcnseg.training.frozen_layers import run_frozen_blocks_fused
 
 
 def build_training_model(config: TrainConfig) -> tuple[nn.Module, str]:
@@ -38,17 +39,22 @@ def build_training_model(config: TrainConfig) -> tuple[nn.Module, str]:
     return model, config.normalization or normalization
 
 
-def freeze_backbone_layers(model: nn.Module, stride: int, *, model_name: str) -> list[nn.Module]:
+def freeze_backbone_layers(model: nn.Module, stride: int, *, model_name: str, fused: bool = True
+                           ) -> list[nn.Module]:
     """Stop training the backbone's layers up to its stride-``stride`` features (Detectron2's ``FREEZE_AT``):
     their parameters stop requiring gradients, so autograd neither keeps their activations nor runs their
     backward pass, and ``make_optimizer`` leaves them out. Their batch norm must also stay in eval mode (the
-    training loop puts every batch norm whose weight is frozen there). Returns the frozen layers."""
+    training loop puts every batch norm whose weight is frozen there). With ``fused``, frozen EfficientNet-Lite
+    blocks run in their inference form (``FrozenMBConv``: same parameters and state dict, same outputs up to
+    float rounding, faster). Returns the frozen layers."""
     if not hasattr(model, "backbone_layers_to_stride"):
         raise ValueError(f"freeze_backbone_stride: {model_name} has no separate backbone to freeze; it works for "
                          "the models on fcnseg.models.backbones (fcn*-lite*, fcn*-resnet*, fcn*-vgg16-compact)")
     layers = model.backbone_layers_to_stride(stride)
     for layer in layers:
         layer.requires_grad_(False)
+    if fused and run_frozen_blocks_fused(model, layers):
+        layers = model.backbone_layers_to_stride(stride)  # the swapped blocks in place of the plain ones
     return layers
 
 

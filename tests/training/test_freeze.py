@@ -1,6 +1,10 @@
 """``freeze_backbone_stride``: the frozen layers are the ones that compute the backbone's stride-N features (checked
 on the features' autograd state), a prefix of the backbone, untouched by training (weights and batch-norm
-statistics bit for bit), and a model without a separate backbone gets a clear error."""
+statistics bit for bit), run in their fused inference form with the plain form's outputs and gradients, and a model
+without a separate backbone gets a clear error."""
+
+import copy
+
 
 import pytest
 import torch
@@ -8,7 +12,8 @@ import torch
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.models import build_model
 from fcnseg.training.config import make_config
-from fcnseg.training.loop import train
+from fcnseg.training.frozen_layers import FrozenMBConv
+from fcnseg.training.loop import set_training_modes, train
 from fcnseg.training.setup import build_training_model, freeze_backbone_layers, make_optimizer
 
 
@@ -91,3 +96,85 @@ def test_bad_freeze_settings_are_clear_errors(shapes, tmp_path):
         freeze_backbone_layers(torch.nn.Conv2d(3, 3, 1), 4, model_name="fcn8s")  # the VGG reference nets
     with pytest.raises(ValueError, match="EfficientNet-Lite has layers to stride \\[2, 4, 8, 16\\], not 32"):
         build_model("fcn8s-lite0", num_classes=3).backbone_layers_to_stride(32)
+
+
+def with_random_batch_norms(model, seed):
+    """``model`` with random batch-norm statistics and affine parameters, so that folding them is not trivial, and
+    random score layers (zero-initialized in FCNs), so that the output and the backbone's gradients are not zero."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, module in model.named_modules():
+        if name.startswith("score") and isinstance(module, torch.nn.Conv2d):
+            module.weight.data.copy_(torch.randn(module.weight.shape, generator=generator) * 0.1)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            channels = module.num_features
+            module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(channels, generator=generator) * 0.1)
+    return model
+
+
+def outputs_and_gradients(model, x, seed):
+    torch.manual_seed(seed)  # the same stochastic-depth draws for both models
+    out = model(x)
+    out.square().mean().backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_frozen_blocks_give_the_plain_outputs_and_gradients(shapes, tmp_path, channels_last):
+    config = freeze_config(shapes, tmp_path / "run", freeze_backbone_stride=8)
+    torch.manual_seed(0)
+    plain = with_random_batch_norms(build_model("fcn4s-lite1", num_classes=3), seed=1)
+    fused = copy.deepcopy(plain)
+    freeze_backbone_layers(plain, 8, model_name="fcn4s-lite1", fused=False)
+    frozen = freeze_backbone_layers(fused, 8, model_name="fcn4s-lite1")
+    assert sum(isinstance(layer, FrozenMBConv) for layer in frozen) == 7  # Lite1's blocks 0-6: stages 1-3
+    assert all(layer in list(fused.modules()) for layer in frozen)
+    assert list(fused.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
+    for model in (plain, fused):
+        set_training_modes(model, config)  # frozen batch norm in eval mode, stochastic depth on
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+    assert any(layer.training and layer.has_skip and layer.drop_path.rate > 0
+               for layer in frozen if isinstance(layer, FrozenMBConv))
+    x = torch.randn(2, 3, 64, 96)
+    for seed in (0, 1):  # training mode: the frozen layers' output, with stochastic depth drawn alike
+        torch.manual_seed(seed)
+        plain_frozen_features = backbone_features(plain, x)[8]
+        torch.manual_seed(seed)
+        torch.testing.assert_close(backbone_features(fused, x)[8], plain_frozen_features, rtol=1e-5, atol=1e-6)
+    # Eval mode for the whole net (batch norm on batch statistics of a few cells makes the trained layers'
+    # gradients ill-conditioned: a 1e-6 change of the input moves some of them by 100%): the outputs and
+    # the gradients of the trained parameters are the plain ones.
+    plain.eval()
+    fused.eval()
+    plain_out, plain_grads = outputs_and_gradients(plain, x, 0)
+    fused_out, fused_grads = outputs_and_gradients(fused, x, 0)
+    assert relative_error(fused_out, plain_out) < 1e-5 and plain_out.abs().mean() > 1e-2
+    assert plain_grads.keys() == fused_grads.keys()
+    assert not any(name.startswith("backbone.net._blocks.6.") for name in plain_grads)
+    assert any(name.startswith("backbone.net._blocks.7.") for name in plain_grads)
+    for name, grad in plain_grads.items():
+        assert relative_error(fused_grads[name], grad) < 1e-4, name
+
+
+def relative_error(actual, expected):
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-12)).item()
+
+
+def test_fused_frozen_blocks_follow_loaded_weights():
+    torch.manual_seed(0)
+    plain = with_random_batch_norms(build_model("fcn4s-lite1", num_classes=3), seed=1).eval()
+    fused = copy.deepcopy(plain)
+    freeze_backbone_layers(plain, 4, model_name="fcn4s-lite1", fused=False)
+    freeze_backbone_layers(fused, 4, model_name="fcn4s-lite1")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = fused(x)  # builds the fused twins
+        other = with_random_batch_norms(build_model("fcn4s-lite1", num_classes=3), seed=2).state_dict()
+        plain.load_state_dict(other)
+        fused.load_state_dict(other)  # e.g. resuming: the twins must not keep the old weights
+        expected = plain(x)
+        torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(before, expected, atol=1e-3)
