@@ -1,10 +1,11 @@
 """Package a trained CamVid run as fcnseg's shipped default model, with a few val images as examples.
 
-    python experiments/ship_default_model.py runs/camvid-fcn8s-lite1-trainval/last.pt --camvid ../shared/data/camvid
+    python experiments/ship_default_model.py runs/camvid-fcn4s-lite1-trainval/last.pt --camvid ../shared/data/camvid
 
-Writes fcnseg.checkpoint.DEFAULT_CHECKPOINT, fcnseg/assets/fcn8s-lite1-camvid.pt (fp16 weights, class names, palette,
-normalization, the training step, minutes and config), and copies three CamVid val images to fcnseg/assets/examples/. A run whose training splits
-include val (``train_splits: [train, val]``) records ``val_held_out: false``: its val score is a training score.
+Writes fcnseg.checkpoint.DEFAULT_CHECKPOINT, fcnseg/assets/fcn4s-lite1-camvid.pt (fp16 weights, class names,
+palette, normalization, the training step, minutes and config), and copies three CamVid val images to
+fcnseg/assets/examples/. A run whose training splits include val (``train_splits: [train, val]``) records
+``val_held_out: false``: its val score is a training score.
 """
 
 import argparse

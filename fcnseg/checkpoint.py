@@ -23,7 +23,7 @@ CHECKPOINT_FORMAT = "fcnseg-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
 ASSETS = Path(__file__).parent / "assets"
-DEFAULT_CHECKPOINT = ASSETS / "fcn8s-lite1-camvid.pt"  # the model that ships inside the package
+DEFAULT_CHECKPOINT = ASSETS / "fcn4s-lite1-camvid.pt"  # the model that ships inside the package
 
 
 class CheckpointError(ValueError):

@@ -23,7 +23,7 @@ def test_shipped_checkpoint_is_small_and_complete():
     path = default_checkpoint_path()
     assert path.stat().st_size < 20e6  # issue 17: the shipped file stays under 20 MB (fp16)
     checkpoint = load_checkpoint(path)
-    assert "optimizer" not in checkpoint and checkpoint["model"] == "fcn8s-lite1"
+    assert "optimizer" not in checkpoint and checkpoint["model"] == "fcn4s-lite1"
     model, meta = model_from_checkpoint(path)
     assert meta.class_names[:4] == ("Sky", "Building", "Pole", "Road") and meta.num_classes == 11
     assert meta.palette == CAMVID_PALETTE and meta.normalization == "lite"

@@ -17,8 +17,8 @@ from fcnseg.predict import predict_labels
 from fcnseg.training.config import TrainConfig, config_to_yaml
 from fcnseg.weights import Weights
 
-SHIPPED = "fcn8s-lite1-camvid"
-SHIPPED_MODEL = "fcn8s-lite1"
+SHIPPED = "fcn4s-lite1-camvid"
+SHIPPED_MODEL = "fcn4s-lite1"
 EXAMPLE = DEFAULT_CHECKPOINT.parent / "examples" / "0016E5_07959.png"
 
 
@@ -45,13 +45,13 @@ def test_shipped_record_says_what_the_file_holds(shipped_file):
     assert weights.num_classes == shipped_file["model_args"]["num_classes"] == len(meta["class_names"])
     assert weights.meta["categories"] == meta["class_names"]
     training = shipped_file["training"]  # what ship_default_model.py recorded of the run
-    assert training["step"] == 2700 and round(training["train_seconds"] / 60, 1) == 54.4
-    assert "2700 steps" in weights.trained_on and "54.4 training minutes" in weights.trained_on
+    assert training["step"] == 2700 and round(training["train_seconds"] / 60, 1) == 45.5
+    assert "2700 steps" in weights.trained_on and "45.5 training minutes" in weights.trained_on
     assert training["train_splits"] == ["train", "val"] and training["val_held_out"] is False
     (val,) = weights.evaluations
-    assert (val.dataset, val.split, val.held_out, val.mean_iu) == ("CamVid", "val", False, 82.50)
+    assert (val.dataset, val.split, val.held_out, val.mean_iu) == ("CamVid", "val", False, 83.99)
     assert weights.meta["_metrics"]["CamVid-val"]["held_out"] is False
-    assert "camvid-fcn8s-lite1-trainval.yaml" in weights.recipe
+    assert "camvid-fcn4s-lite1-trainval.yaml" in weights.recipe
     assert "Apache-2.0" in weights.license and "CamVid" in weights.license
 
 
@@ -73,7 +73,7 @@ def test_build_model_loads_the_files_tensors_as_float32(shipped_file, shipped_mo
 
 
 def test_weights_of_another_model_or_shape_are_refused():
-    with pytest.raises(ValueError, match="are for model 'fcn8s-lite1', not 'fcn8s-lite0'"):
+    with pytest.raises(ValueError, match="are for model 'fcn4s-lite1', not 'fcn8s-lite0'"):
         build_model("fcn8s-lite0", weights=SHIPPED)
     with pytest.raises(ValueError, match="11 classes, not num_classes=21"):
         build_model(SHIPPED_MODEL, weights=SHIPPED, num_classes=21)
@@ -162,7 +162,7 @@ def test_fcnseg_models_lists_the_weights_with_their_scores(capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     line = lines[SHIPPED]
     assert line.split()[1:5] == [SHIPPED_MODEL, "11", f"{DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f}", "MB"]
-    assert "CamVid val: mean IU 82.50" in line and "not held out" in line
+    assert "CamVid val: mean IU 83.99" in line and "not held out" in line
     assert "fcn8s" in lines  # the model table is still there
 
 
@@ -178,3 +178,5 @@ def test_importing_the_models_loads_no_checkpoint_or_data_code_and_makes_no_cycl
 def test_a_retired_weights_name_says_what_replaced_it():
     with pytest.raises(ValueError, match="'fcn8s-lite0-camvid' are no longer shipped: .*replaced by fcn8s-lite1-camvid"):
         get_weights("fcn8s-lite0-camvid")
+    with pytest.raises(ValueError, match="'fcn8s-lite1-camvid' are no longer shipped: .*replaced by fcn4s-lite1-camvid"):
+        get_weights("fcn8s-lite1-camvid")

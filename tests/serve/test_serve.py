@@ -18,7 +18,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 from torch import nn
 
-from fcnseg.checkpoint import ASSETS, ModelMeta
+from fcnseg.checkpoint import ASSETS, ModelMeta, default_checkpoint_path
 from fcnseg.cli import main
 from fcnseg.data.palettes import generated_palette
 from fcnseg.predict import predict_labels as label_map
@@ -365,8 +365,8 @@ def test_shipped_model_segments_a_road_scene():
     model, meta = load_serving_model(None)
     photo = Image.open(ASSETS / "examples" / "0016E5_07997.png").convert("RGB").resize((240, 180))
     with TestClient(create_app(model, meta)) as shipped:
-        stored = torch.load(ASSETS / "fcn8s-lite1-camvid.pt", map_location="cpu", weights_only=True)
-        assert shipped.get("/v1/model").json()["name"] == stored["model"] == "fcn8s-lite1"
+        stored = torch.load(default_checkpoint_path(), map_location="cpu", weights_only=True)
+        assert shipped.get("/v1/model").json()["name"] == stored["model"] == "fcn4s-lite1"
         body = post_image(shipped, encode(photo)).json()
     shares = {c["name"]: c["share"] for c in body["classes"]}
     assert (body["width"], body["height"]) == (240, 180)
