@@ -8,8 +8,9 @@
 (``fcnseg/training/frozen_layers.py``). This times that part of the step by itself, on the stem's output for a
 random batch: the plain blocks in float32 and under bf16 autocast (as ``amp: true`` runs them), and the
 ``FrozenMBConv`` blocks (float32 with autocast off, whatever the caller's autocast), all channels_last, in eval
-mode (no stochastic depth), alternating round by round; medians. bench/train_step.py's ``-unfused`` modes give the
-whole step's difference.
+mode (no stochastic depth), alternating round by round; medians. Alone, the blocks' difference is larger than
+inside a real step (docs/performance.md, "Not computing what is not trained"): bench/train_step.py's ``-unfused``
+modes give the whole step's difference, the figure that counts for training.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@
 eval mode: for those layers a training step is inference. The plain blocks still run convolution, batch norm and
 ReLU6 as three passes over each high-resolution tensor; ``FrozenMBConv`` runs the same block as
 ``fcnseg.inference.onednn.FusedMBConv`` does (batch norm folded into the convolutions, ReLU6 and the residual add
-fused into them by oneDNN, no padded copies): the same outputs up to float rounding, in less than half the time
-of the plain blocks under bf16 autocast (``bench/frozen_blocks.py``; 1.07-1.14x for a whole fcn4s-lite1 step
-frozen to stride 8, docs/performance.md). Nothing is saved for autograd either way (no input or parameter of these
-layers requires gradients).
+fused into them by oneDNN, no padded copies): the same outputs up to float rounding, faster (on the Zen4, alone
+2.4x the plain blocks under bf16 autocast, ``bench/frozen_blocks.py``; inside an fcn4s-lite1 step frozen to stride 8,
+111-135 ms against 146-192 ms, and the step 1.07-1.14x faster; docs/performance.md). Nothing is saved for
+autograd either way (no input or parameter of these layers requires gradients).
 
 A ``FrozenMBConv`` adopts the block's own submodules under their own names, so the model's parameters, state dict
 and checkpoints are those of the plain model. The fused twin is built from them at the first call and rebuilt
