@@ -11,7 +11,8 @@ random weights (21 classes; score layers given random weights, as the reference 
 Paths: fcnseg eager (``model.eval()`` under ``torch.inference_mode``), ``fcnseg.inference_model`` in float32 and
 with ``bf16=True`` (built once on a batch-1 random input at ``--size``, or as ``--fast-example`` says, and used
 at both batch sizes; its choices are printed), onnxruntime on the ``fcnseg.export`` ONNX file (float32, CPU
-provider), and OpenVINO on the same file, reshaped to each batch shape and compiled for "CPU" with
+provider), on request (``--paths``) the model traced per shape and run by TorchScript's oneDNN Graph fuser
+(``jit-f32``, ``jit-bf16``), and OpenVINO on the same file, reshaped to each batch shape and compiled for "CPU" with
 INFERENCE_PRECISION_HINT f32 or bf16 and PERFORMANCE_HINT LATENCY.
 ``--int8-onnx PATH`` (repeatable) adds an int8 (QDQ) ONNX file of the one model named in ``--models``, run by
 onnxruntime and by OpenVINO (f32 for its non-quantized parts), rows named by the file; without it there are no
@@ -34,6 +35,7 @@ memory-bound, so a Lite model's float32 ceiling sits below the matrix multiply's
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -50,9 +52,11 @@ from fcnseg.devices import cpu_description
 from fcnseg.stats import count_flops
 
 MODELS = ("shipped", "fcn8s", "fcn8s-compact")
-PATHS = ("eager", "fast", "fast-bf16", "onnxruntime", "openvino-f32", "openvino-bf16")
+PATHS = ("eager", "fast", "fast-bf16", "jit-f32", "jit-bf16", "onnxruntime", "openvino-f32", "openvino-bf16")
+DEFAULT_PATHS = ("eager", "fast", "fast-bf16", "onnxruntime", "openvino-f32", "openvino-bf16")
 INT8_PATHS = ("onnxruntime-int8", "openvino-int8")
 LABELS = {"eager": "fcnseg eager", "fast": "fcnseg inference_model f32", "fast-bf16": "fcnseg inference_model bf16",
+          "jit-f32": "TorchScript + oneDNN Graph f32", "jit-bf16": "TorchScript + oneDNN Graph bf16",
           "onnxruntime": "onnxruntime f32", "openvino-f32": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16",
           "onnxruntime-int8": "onnxruntime int8", "openvino-int8": "OpenVINO int8"}
 EXAMPLES = Path(__file__).resolve().parents[1] / "fcnseg" / "assets" / "examples"
@@ -105,6 +109,29 @@ def torch_runner(module: nn.Module) -> Runner:
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return module(x).float()
+
+    return run
+
+
+def onednn_graph_runner(model: nn.Module, shape: tuple[int, ...], bf16: bool) -> Runner:
+    """The model traced at ``shape`` (channels_last), frozen, and run by TorchScript's oneDNN Graph (LLGA) fuser.
+
+    The fuser compiles partitions of the graph (convolution + bias + ReLU6 + residual add, ...) into oneDNN kernels
+    that pass oneDNN's own blocked layouts between them, as OpenVINO does; bf16 through autocast at trace time.
+    """
+    torch.jit.enable_onednn_fusion(True)  # global, but only scripted/traced modules see it
+    module = copy.deepcopy(model).to(memory_format=torch.channels_last)  # not the other paths' model
+    example = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with torch.no_grad(), autocast, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on size arithmetic
+        traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
+        for _ in range(3):  # the fuser profiles, then compiles, over the first calls
+            traced(example)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return traced(x.contiguous(memory_format=torch.channels_last)).float()
 
     return run
 
@@ -171,6 +198,8 @@ def make_runners(path: str, model: nn.Module, files: dict[str, str], example: to
         notes.append(f"{label(path, args)}: built in {time.perf_counter() - started:.1f} s; "
                      + "; ".join(str(decision) for decision in fast.decisions))
         run = torch_runner(fast)
+    elif path in ("jit-f32", "jit-bf16"):
+        return {shape: onednn_graph_runner(model, shape, path == "jit-bf16") for shape in shapes}
     elif path.startswith("onnxruntime"):
         run = onnxruntime_runner(files[onnx_file_key(path)], args.threads)
     else:  # openvino-f32, openvino-bf16, openvino-int8:<index>
@@ -287,7 +316,7 @@ def available_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS) + " (all)")
-    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS), help="comma-separated subset of " + ",".join(PATHS))
     parser.add_argument("--size", default="360x480", help="HEIGHTxWIDTH")
     parser.add_argument("--batch", type=int, default=None, help="batch size of the throughput runs (8)")
     parser.add_argument("--threads", type=int, default=2)
