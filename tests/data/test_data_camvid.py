@@ -93,3 +93,33 @@ def test_camvid_missing_folders_and_files(tmp_path):
     (root / "train.txt").write_text("\n")
     with pytest.raises(DataError, match="empty split.*train.txt"):
         CamVidDataset(root, "train")
+
+
+def load_sequence_split_script():
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "experiments" / "camvid_sequence_split.py"
+    spec = importlib.util.spec_from_file_location("camvid_sequence_split", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sequence_hold_out_root(tmp_path):
+    """experiments/camvid_sequence_split.py: the held-out sequence is val, every other train + val frame is train."""
+    source = make_camvid(tmp_path / "camvid", split="train")
+    make_camvid(source, split="val", list_style=None)  # same names in val: the last write wins, like a real overlap
+    for name in NAMES:  # rename val's frames so the two splits are distinct
+        for folder in ("val", "valannot"):
+            (source / folder / f"{name}.png").rename(source / folder / f"{name.replace('_', '_9')}.png")
+    script = load_sequence_split_script()
+    counts = script.write_split_root(source, tmp_path / "proxy", hold_out="Seq05VD")
+    assert counts == {"train": 4, "val": 2}
+    train = build_dataset("camvid", root=tmp_path / "proxy", split="train")
+    val = build_dataset("camvid", root=tmp_path / "proxy", split="val")
+    assert sorted(s[0].name for s in val.samples) == ["Seq05VD_9f00000.png", "Seq05VD_f00000.png"]
+    assert all(s[0].name.startswith("0001TP") for s in train.samples)
+    image, mask = val[1]  # Seq05VD_f00000: index 2 of NAMES, its label and pixels come through the links
+    assert image[:, 0, 0].tolist() == [80, 0, 255] and mask[15, 7] == 8 and (mask[10] == 255).all()
+    with pytest.raises(SystemExit, match="no frame of sequence 'XXXX'"):
+        script.write_split_root(source, tmp_path / "other", hold_out="XXXX")
