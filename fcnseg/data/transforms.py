@@ -161,11 +161,13 @@ def train_transforms(
     scale_range: tuple[float, float] | None = (0.5, 2.0),
     hflip: bool = True,
     color_jitter: float = 0.0,
+    hue_jitter: float = 0.0,
     normalization: NormalizationArg,
     ignore_index: int = 255,
 ) -> JointTransform:
     """Random scale, random crop (image padded with 0, mask with `ignore_index`), horizontal flip, colour jitter
-    (brightness, contrast and saturation by up to `color_jitter`), then normalization.
+    (brightness, contrast and saturation by up to `color_jitter`, hue by up to `hue_jitter` of a turn), then
+    normalization.
 
     `crop_size=None` keeps whole images (the reference trains on whole images, batch size 1);
     `scale_range=None` keeps the native scale.
@@ -181,9 +183,12 @@ def train_transforms(
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if color_jitter < 0:
         raise ValueError(f"color_jitter must be >= 0, got {color_jitter}")
+    if not 0 <= hue_jitter <= 0.5:
+        raise ValueError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue_jitter}")
     photometric = None
-    if color_jitter > 0:
-        photometric = v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
+    if color_jitter > 0 or hue_jitter > 0:
+        photometric = v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=hue_jitter)
     spatial = v2.Compose(steps) if steps else None
     return JointTransform(spatial=spatial, photometric=photometric, normalization=normalization)
 

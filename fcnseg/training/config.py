@@ -48,6 +48,7 @@ class TrainConfig:
     scale_range: tuple[float, float] | None = None
     hflip: bool | None = None
     color_jitter: float = 0.0
+    hue_jitter: float = 0.0  # hue shift by up to this fraction of the colour wheel (0 to 0.5)
     learnable_upsampling: bool = False
     bn_momentum: float | None = None  # batch-norm running-stat momentum while training (modern: 0.1)
     freeze_backbone_stride: int | None = None  # don't train the backbone up to its stride-N features (2/4/8/16)

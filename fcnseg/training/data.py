@@ -56,7 +56,7 @@ def build_datasets(config: TrainConfig, normalization: str, modalities: tuple[st
         normalize_as = functools.partial(stack_nyud, modalities=modalities, normalization=normalization)
     train_tf = train_transforms(
         crop_size=config.crop_size or None, scale_range=config.scale_range, hflip=config.hflip,
-        color_jitter=config.color_jitter, normalization=normalize_as,
+        color_jitter=config.color_jitter, hue_jitter=config.hue_jitter, normalization=normalize_as,
     )
     parts = [_dataset(name=config.dataset, root=config.root, split=split, transforms=train_tf, modalities=modalities)
              for split in training_splits(config)]

@@ -100,6 +100,31 @@ def test_color_jitter_touches_the_image_only():
     assert not torch.allclose(out_image, normalize(image, "imagenet"))
 
 
+def test_hue_jitter_rotates_hue_only():
+    # A hue rotation keeps each pixel's largest and smallest channel (HSV value and chroma) and leaves grey alone.
+    torch.manual_seed(0)
+    image = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    image[:, :2] = torch.tensor([200, 60, 30], dtype=torch.uint8)[:, None, None]  # orange rows
+    image[:, 2:] = 128  # grey rows
+    mask = torch.zeros(4, 4, dtype=torch.int64)
+    transform = train_transforms(crop_size=None, scale_range=None, hflip=False, hue_jitter=0.5,
+                                 normalization="imagenet")
+    changed = 0
+    for _ in range(5):
+        out = denormalize(transform(image, mask)[0], "imagenet").to(torch.int64)
+        assert torch.equal(out[:, 2:], image[:, 2:].to(torch.int64))
+        coloured = out[:, :2].reshape(3, -1)
+        assert (coloured.amax(0) - 200).abs().max() <= 1 and (coloured.amin(0) - 30).abs().max() <= 1
+        changed += not torch.equal(out[:, :2], image[:, :2].to(torch.int64))
+    assert changed >= 4  # a uniform shift in [-0.5, 0.5] of a turn almost never rounds back to the same colour
+
+
+@pytest.mark.parametrize("hue", [-0.1, 0.6])
+def test_hue_jitter_out_of_range_is_refused(hue):
+    with pytest.raises(ValueError, match="hue_jitter"):
+        train_transforms(crop_size=None, hue_jitter=hue, normalization="imagenet")
+
+
 def test_caffe_normalization_matches_hand_computation():
     image = torch.zeros(3, 2, 2, dtype=torch.uint8)
     image[:, 1, 0] = torch.tensor([10, 20, 30], dtype=torch.uint8)  # R, G, B
