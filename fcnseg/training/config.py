@@ -136,7 +136,7 @@ def _check_choices(config: TrainConfig) -> None:
 
 
 def _check_recipe_options(config: TrainConfig) -> None:
-    """``class_weights``, OHEM and ``train_splits``; the weights' length is checked against the data set later."""
+    """``class_weights``, OHEM, colour jitter and ``train_splits``; the weights' length is checked against the data set later."""
     weights = config.class_weights
     if isinstance(weights, str) and weights not in CLASS_WEIGHT_RULES:
         raise ValueError(f"class_weights must be one of {CLASS_WEIGHT_RULES} or a list of floats, got {weights!r}")
@@ -148,6 +148,10 @@ def _check_recipe_options(config: TrainConfig) -> None:
         raise ValueError(f"ohem_min_kept must be >= 0, got {config.ohem_min_kept}")
     if config.ohem_min_kept and config.ohem_threshold is None:
         raise ValueError("ohem_min_kept needs ohem_threshold (OHEM is on only with a threshold)")
+    if config.color_jitter < 0:
+        raise ValueError(f"color_jitter must be >= 0, got {config.color_jitter}")
+    if not 0 <= config.hue_jitter <= 0.5:
+        raise ValueError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {config.hue_jitter}")
     if config.freeze_backbone_stride not in (None, 2, 4, 8, 16):
         raise ValueError(f"freeze_backbone_stride must be 2, 4, 8, 16 or null, got {config.freeze_backbone_stride}")
     splits = config.train_splits

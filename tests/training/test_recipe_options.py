@@ -173,6 +173,8 @@ def test_recipe_option_config_keys():
         ({"ohem_threshold": 1.5}, "ohem_threshold must be"),
         ({"ohem_min_kept": 10}, "needs ohem_threshold"),
         ({"train_splits": ["train", "train"]}, "distinct"),
+        ({"hue_jitter": 0.7}, "hue_jitter must be in"),
+        ({"color_jitter": -0.1}, "color_jitter must be >= 0"),
     ]:
         with pytest.raises(ValueError, match=message):
             resolve_recipe(make_config(values))
