@@ -3,11 +3,12 @@
     python bench/runtime_layers.py                   # 360x480, batch 1, 2 threads, 30 calls each
     python bench/runtime_layers.py --calls 10 --precision f32
 
-fcnseg: ``inference_model(bf16=True, timed=False)`` (or float32: every rewrite that passes its check, so that the
-fused EfficientNet-Lite is what is profiled whatever a timing would pick), each leaf module timed by forward pre/post hooks (wall clock
-around the call; the hooks cost a few microseconds each, so the whole-model time with hooks is printed next to the
-time without). OpenVINO: the same weights exported to ONNX, compiled for "CPU" with the same precision hint and
-threads, and its own per-node counters (``PERF_COUNT``, ``get_profiling_info``). Both are grouped into the same kinds:
+fcnseg: ``inference_model(bf16=True, timed=False)`` (or float32), every rewrite that passes its check kept untimed,
+so that the fused EfficientNet-Lite is what is profiled; each leaf module timed by forward pre/post hooks (wall
+clock around the call; the hooks cost a few microseconds each, so the whole-model time with hooks is printed next to
+the time without). OpenVINO: the same weights exported to ONNX, compiled for "CPU" with the same precision hint and
+threads, and its own per-node counters (``PERF_COUNT``, ``get_profiling_info``). Both are grouped into the same
+kinds:
 
 - ``stem``: the first 3x3 stride-2 convolution;
 - ``expand 1x1`` / ``project 1x1``: an MBConv block's pointwise convolutions (project includes its residual add);

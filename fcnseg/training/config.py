@@ -136,7 +136,8 @@ def _check_choices(config: TrainConfig) -> None:
 
 
 def _check_recipe_options(config: TrainConfig) -> None:
-    """``class_weights``, OHEM, colour jitter and ``train_splits``; the weights' length is checked against the data set later."""
+    """``class_weights``, OHEM, colour jitter and ``train_splits``; the weights' length is checked against the data
+    set later."""
     weights = config.class_weights
     if isinstance(weights, str) and weights not in CLASS_WEIGHT_RULES:
         raise ValueError(f"class_weights must be one of {CLASS_WEIGHT_RULES} or a list of floats, got {weights!r}")
