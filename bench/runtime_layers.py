@@ -42,7 +42,7 @@ from torch import nn
 from fcnseg.checkpoint import default_checkpoint_path, model_from_checkpoint
 from fcnseg.devices import cpu_description
 from fcnseg.inference import inference_model
-from fcnseg.inference.onednn import FusedEfficientNetLite, FusedMBConv, FusedSameConv2d
+from fcnseg.inference.onednn import FusedMBConv, FusedSameConv2d
 
 
 def conv_kinds(fast: nn.Module) -> dict[nn.Module, str]:
@@ -222,9 +222,7 @@ def main(argv=None) -> None:
     x = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(0))
     fast = inference_model(model, x, bf16=args.precision == "bf16", timed=False)  # every rewrite that checks out
     order = list(conv_kinds(fast).values())
-    depthwise_kinds = [block.depthwise for module in fast.modules() if isinstance(module, FusedEfficientNetLite)
-                       for block in module.blocks]
-    depthwise_kinds = [f"depthwise {dw.kernel_size}x{dw.kernel_size} s{dw.stride}" for dw in depthwise_kinds]
+    depthwise_kinds = [kind for kind in order if kind.startswith("depthwise")]  # one per block, in block order
     ours, with_hooks, without = time_fcnseg_layers(fast, x, args.calls)
     kernels = onednn_kernel_ms(fast, x, min(args.calls, 10), model.num_classes)
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
