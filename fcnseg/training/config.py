@@ -66,6 +66,7 @@ class TrainConfig:
     val_max_images: int | None = None
     log_every: int = 20
     workers: int = 2
+    cache_images: bool = False  # decode the training samples once and keep them in memory (workers share them)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None

@@ -60,6 +60,10 @@ def build_datasets(config: TrainConfig, normalization: str, modalities: tuple[st
     )
     parts = [_dataset(name=config.dataset, root=config.root, split=split, transforms=train_tf, modalities=modalities)
              for split in training_splits(config)]
+    if config.cache_images:
+        decoded_bytes = sum(part.keep_decoded() for part in parts)
+        print(f"cache_images: {sum(len(part) for part in parts)} training samples decoded, "
+              f"{decoded_bytes / 2**20:.0f} MiB kept in memory", flush=True)
     train_set = parts[0] if len(parts) == 1 else ConcatSplits(parts)
     val_set = _dataset(name=config.val_dataset or config.dataset, root=config.val_root or config.root,
                        split=config.val_split, transforms=eval_transforms(normalization=normalize_as),

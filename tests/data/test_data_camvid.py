@@ -123,3 +123,29 @@ def test_sequence_hold_out_root(tmp_path):
     assert image[:, 0, 0].tolist() == [80, 0, 255] and mask[15, 7] == 8 and (mask[10] == 255).all()
     with pytest.raises(SystemExit, match="no frame of sequence 'XXXX'"):
         script.write_split_root(source, tmp_path / "other", hold_out="XXXX")
+
+
+def test_kept_decoded_samples_are_the_files_samples(tmp_path):
+    root = make_camvid(tmp_path)
+    from_files = CamVidDataset(root, "train")
+    expected = [from_files[index] for index in range(3)]
+    kept = CamVidDataset(root, "train")
+    assert kept.keep_decoded() == 3 * (3 * H * W + H * W)  # uint8 images and masks
+    for path in (root / "train").glob("*.png"):
+        path.unlink()  # from now on the samples can only come from memory
+    for index in range(3):
+        image, mask = kept[index]
+        assert isinstance(image, tv_tensors.Image) and isinstance(mask, tv_tensors.Mask)
+        assert mask.dtype == torch.int64 and torch.equal(image, expected[index][0])
+        assert torch.equal(mask, expected[index][1])
+    with pytest.raises(DataError, match="cannot read image"):
+        from_files[0]
+
+
+def test_keep_decoded_refuses_multi_input_data_sets(tmp_path):
+    class TwoInputs(CamVidDataset):
+        def __getitem__(self, index):
+            return super().__getitem__(index), super().__getitem__(index)
+
+    with pytest.raises(DataError, match="cache_images: camvid reads more than one"):
+        TwoInputs(make_camvid(tmp_path), "train").keep_decoded()

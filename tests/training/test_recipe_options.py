@@ -228,6 +228,17 @@ def test_training_on_train_and_val_writes_no_best_and_resumes_exactly(shapes, tm
         train(recipe_config(shapes, tmp_path / "bad", class_weights=[1.0, 2.0]), progress=False)
 
 
+def test_cache_images_trains_the_weights_the_files_train(shapes, tmp_path, capsys):
+    from_files = train(recipe_config(shapes, tmp_path / "files"), progress=False)
+    assert "decoded" not in capsys.readouterr().out
+    kept = train(recipe_config(shapes, tmp_path / "kept", cache_images=True, workers=1), progress=False)
+    assert "cache_images: 20 training samples decoded" in capsys.readouterr().out
+    expected = load_checkpoint(tmp_path / "files" / "last.pt")["state_dict"]
+    got = load_checkpoint(tmp_path / "kept" / "last.pt")["state_dict"]
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert kept["best_checkpoint"] is from_files["best_checkpoint"] is None
+
+
 def test_amp_trains_in_float32_where_bf16_is_not_fast(shapes, tmp_path, capsys, monkeypatch):
     """``amp=true`` on a device without fast bf16 kernels: the weights equal an ``amp=false`` run's, bit for bit,
     and the run says so; where bf16 is fast (simulated), autocast runs and the weights differ."""
