@@ -210,9 +210,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Read and check every sample now, and keep them decoded in memory for `load_pair`; returns the bytes kept.
 
         Training reads each image many times; decoding its PNG is most of a sample's CPU time (CamVid: 6.0 ms of
-        8.7 on one Zen4 core, bench/train_data.py), taken from the training step's cores. The pixels are kept as uint8 images and
-        uint8 masks (int64 where labels exceed 255), in one process: DataLoader workers forked after this share
-        them. Only for data sets that read one image and one mask a sample (not NYUDv2 or SIFT Flow).
+        8.7 on one Zen4 core, bench/train_data.py), taken from the training step's cores. The pixels are kept as
+        uint8 images and uint8 masks (int64 where labels exceed 255), in one process: DataLoader workers forked
+        after this share them. Only for data sets that read one image and one mask a sample (not NYUDv2 or SIFT
+        Flow).
         """
         if type(self).__getitem__ is not SegmentationDataset.__getitem__:
             raise DataError(
