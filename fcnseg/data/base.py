@@ -206,6 +206,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """The (H, W) label map of one sample, void already mapped to `info.ignore_index`."""
         return read_label_png(path)
 
+    def reads_one_pair(self) -> bool:
+        """Whether a sample is one image file and one mask file (`load_pair`), not several (NYUDv2, SIFT Flow)."""
+        return type(self).__getitem__ is SegmentationDataset.__getitem__
+
     def keep_decoded(self) -> int:
         """Read and check every sample now, and keep them decoded in memory for `load_pair`; returns the bytes kept.
 
@@ -215,7 +219,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         after this share them. Only for data sets that read one image and one mask a sample (not NYUDv2 or SIFT
         Flow).
         """
-        if type(self).__getitem__ is not SegmentationDataset.__getitem__:
+        if not self.reads_one_pair():
             raise DataError(
                 f"cache_images: {self.info.name} reads more than one image or mask a sample; it cannot be kept decoded"
             )

@@ -95,7 +95,7 @@ class _LabelCounts(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         dataset = self.dataset
-        if type(dataset).__getitem__ is SegmentationDataset.__getitem__:  # one mask file a sample: read only it
+        if dataset.reads_one_pair():  # one mask file a sample: read only it
             path = dataset.samples[index][1]
             labels = dataset.load_mask(path)
             check_labels(labels, info=dataset.info, path=path)
