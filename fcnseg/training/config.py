@@ -49,6 +49,7 @@ class TrainConfig:
     hflip: bool | None = None
     color_jitter: float = 0.0
     hue_jitter: float = 0.0  # hue shift by up to this fraction of the colour wheel (0 to 0.5)
+    ema_decay: float | None = None  # validate and save an exponential moving average of the weights (0.999)
     learnable_upsampling: bool = False
     bn_momentum: float | None = None  # batch-norm running-stat momentum while training (modern: 0.1)
     freeze_backbone_stride: int | None = None  # don't train the backbone up to its stride-N features (2/4/8/16)
@@ -150,6 +151,8 @@ def _check_recipe_options(config: TrainConfig) -> None:
         raise ValueError(f"ohem_min_kept must be >= 0, got {config.ohem_min_kept}")
     if config.ohem_min_kept and config.ohem_threshold is None:
         raise ValueError("ohem_min_kept needs ohem_threshold (OHEM is on only with a threshold)")
+    if config.ema_decay is not None and not 0 <= config.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1) (or null: no average), got {config.ema_decay}")
     if config.color_jitter < 0:
         raise ValueError(f"color_jitter must be >= 0, got {config.color_jitter}")
     if not 0 <= config.hue_jitter <= 0.5:

@@ -7,6 +7,8 @@ of wall clock (both atomically; the one before stays as ``last.prev.pt``), a CSV
 SIGINT and SIGTERM finish the step, write ``last.pt`` and raise ``TrainingInterrupted`` (``interrupts.py``).
 When validation images are also training images (``val_split`` among ``train_splits``), a best score on them
 selects nothing: no ``best.pt`` is written, only ``last.pt``, and the run says so.
+With ``ema_decay``, validation and the checkpoints' ``state_dict`` are the moving average of the weights
+(``weight_average.py``); ``last.pt`` keeps the optimizer's weights as ``trained_state_dict`` for ``--resume``.
 ``train(config, resume=True)`` continues a killed run exactly: same step, optimizer, RNG and data, and log.csv
 cut back to the checkpoint's step (from ``last.prev.pt``, with a warning, when ``last.pt`` is unreadable).
 Under ``torchrun`` it trains with DistributedDataParallel (``fcnseg.distributed`` says what is equal to
@@ -56,6 +58,7 @@ from fcnseg.training.interrupts import StopRequest, TrainingInterrupted, stop_on
 from fcnseg.training.logs import append_row, drop_rows_after, tensorboard_writer
 from fcnseg.training.losses import loss_terms
 from fcnseg.training.setup import build_training_model, make_optimizer
+from fcnseg.training.weight_average import WeightAverage, start_average, update_average
 
 METRICS = ["pixel_acc", "mean_acc", "mean_iu", "fwavacc"]
 LOG_FIELDS = ["step", "train_minutes", "lr", "loss", *METRICS]
@@ -90,6 +93,7 @@ class Run:
     class_weights: torch.Tensor | None = None  # (K,) on ``device``: the cross-entropy's class weights
     autocast: bool = False  # bf16 autocast: ``amp`` where ``device`` has fast bf16 kernels (``autocast_for``)
     val_in_train: int = 0  # validation images that are training images; > 0: no best.pt is selected
+    average: WeightAverage | None = None  # ``ema_decay``: the averaged weights, validated and saved as the model
 
 
 def lr_at(step: int, *, base_lr: float, iters: int, schedule: str, warmup_iters: int = 0) -> float:
@@ -143,11 +147,20 @@ def _frozen(module: nn.Module) -> bool:
     return bool(parameters) and not any(parameter.requires_grad for parameter in parameters)
 
 
+def _scored_model(run: Run) -> nn.Module:
+    """The weights validation scores and checkpoints hold as the model: the average under ``ema_decay``."""
+    return run.average.model if run.average is not None else unwrap(run.model)
+
+
 def _save(run: Run, state: TrainState, name: str) -> None:
+    extra = {}
+    if run.average is not None:  # the optimizer's own weights, for --resume
+        trained = unwrap(run.model).state_dict()
+        extra["trained_state_dict"] = {key: value.detach().cpu() for key, value in trained.items()}
     checkpoint = make_checkpoint(
-        unwrap(run.model), run.meta, optimizer=run.optimizer.state_dict(), step=state.step,
+        _scored_model(run), run.meta, optimizer=run.optimizer.state_dict(), step=state.step,
         best_mean_iu=state.best_mean_iu, train_seconds=state.train_seconds, rng_state=torch.get_rng_state(),
-        config=config_to_yaml(run.config),
+        config=config_to_yaml(run.config), **extra,
     )
     keep_previous = run.out / "last.prev.pt" if name == "last.pt" else None
     save_atomically(checkpoint, run.out / name, keep_previous=keep_previous)
@@ -177,10 +190,18 @@ def _resume_checkpoint(out: Path, *, is_main: bool) -> tuple[Path, dict] | None:
 
 
 def _restore(path: Path, checkpoint: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
-             config: TrainConfig) -> TrainState:
+             config: TrainConfig, average: WeightAverage | None) -> TrainState:
     if checkpoint["model"] != config.model:
         raise ValueError(f"{path} holds a {checkpoint['model']} run; this config trains {config.model}")
-    model.load_state_dict(checkpoint["state_dict"])
+    averaged = "trained_state_dict" in checkpoint
+    if averaged != (average is not None):
+        raise ValueError(f"{path} was written {'with' if averaged else 'without'} ema_decay; resume it "
+                         f"{'with the same ema_decay' if averaged else 'with ema_decay: null'}")
+    if average is not None:
+        average.model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(checkpoint["trained_state_dict"])
+    else:
+        model.load_state_dict(checkpoint["state_dict"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng_state"])
     return TrainState(step=int(checkpoint["step"]), best_mean_iu=float(checkpoint["best_mean_iu"]),
@@ -190,7 +211,7 @@ def _restore(path: Path, checkpoint: dict, model: nn.Module, optimizer: torch.op
 def _validate(run: Run, state: TrainState) -> dict:
     """Score on every rank (each its share of the images); rank 0 writes best.pt on a new best."""
     scores = evaluate(
-        unwrap(run.model), run.val_set, num_classes=run.meta.num_classes, device=run.device,
+        _scored_model(run), run.val_set, num_classes=run.meta.num_classes, device=run.device,
         ignore_index=run.meta.ignore_index, max_images=run.config.val_max_images,
         workers=min(run.config.workers, 2), context=run.context,
     )
@@ -253,21 +274,24 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, device, context
     unfold_large_convolutions(model)  # fc6 as one GEMM on the CPU (same parameters; docs/performance.md)
     set_training_modes(model, config)
     optimizer = make_optimizer(model, config)
+    average = start_average(model, decay=config.ema_decay) if config.ema_decay is not None else None
     state = TrainState()
     found = _resume_checkpoint(out, is_main=context.is_main) if resume else None
     if found is not None:
-        state = _restore(*found, model, optimizer, config)
+        state = _restore(*found, model, optimizer, config, average)
     del found
     if context.is_main:
         (out / "config.yaml").write_text(config_to_yaml(config))
         drop_rows_after(out / "log.csv", state.step)  # a killed run's rows past its checkpoint: replayed below
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        if average is not None:
+            average.model.to(memory_format=torch.channels_last)
     model = wrap_model(model, context=context, device=device, sync_bn=config.sync_bn)
     class_weights = _class_weights(config, num_classes=info.num_classes, ignore_index=info.ignore_index,
                                    modalities=modalities, out=out, context=context)
     run = Run(model=model, optimizer=optimizer, val_set=val_set, meta=meta, config=config, device=device,
-              context=context, out=out, stop=stop, val_in_train=val_in_train,
+              context=context, out=out, stop=stop, val_in_train=val_in_train, average=average,
               autocast=autocast_for(config, device, announce=context.is_main),
               class_weights=None if class_weights is None else torch.tensor(class_weights, device=device))
     result = _loop(run, state, train_set=train_set, progress=progress)
@@ -375,6 +399,8 @@ def _loop(run: Run, state: TrainState, *, train_set, progress: bool) -> dict:
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         step_loss = _train_step(run, batches, step=state.step)
+        if run.average is not None:
+            update_average(run.average, unwrap(run.model), step=state.step + 1)
         state.step += 1
         state.train_seconds += time.perf_counter() - started
         running_loss = step_loss if running_loss is None else 0.9 * running_loss + 0.1 * step_loss
