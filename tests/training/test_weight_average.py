@@ -60,6 +60,10 @@ def test_average_follows_the_recurrence_for_parameters_and_buffers():
     assert int(got["1.num_batches_tracked"]) == 39  # integer buffers are copied
 
 
+def copy_of(model: nn.Module) -> dict:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
 def ema_config(root, out, **changes):
     values = {
         "model": "fcn8s-lite0", "dataset": "folder", "root": str(root), "out": str(out), "iters": 4, "batch_size": 2,
@@ -70,23 +74,24 @@ def ema_config(root, out, **changes):
 
 
 def test_training_with_an_average_saves_and_scores_it(shapes, tmp_path, monkeypatch):
-    seen = []  # the optimizer's weights after each step, as update_average receives them
+    initial, seen, scored = [], [], []  # the weights averaging starts from, follows after each step, validation scores
+    real_start, real_evaluate = loop.start_average, loop.evaluate
+
+    def recording_start(model, *, decay):
+        initial.append(copy_of(model))
+        return real_start(model, decay=decay)
 
     def recording_update(average, model, *, step):
-        seen.append({key: value.detach().clone() for key, value in model.state_dict().items()})
+        seen.append(copy_of(model))
         update_average(average, model, step=step)
 
-    initial = []
-    real_start = loop.start_average
-    monkeypatch.setattr(loop, "start_average", lambda model, *, decay: (
-        initial.append({key: value.clone() for key, value in model.state_dict().items()})
-        or real_start(model, decay=decay)))
+    def recording_evaluate(model, *args, **kwargs):
+        scored.append(copy_of(model))
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "start_average", recording_start)
     monkeypatch.setattr(loop, "update_average", recording_update)
-    scored = []  # the weights validation scored
-    real_evaluate = loop.evaluate
-    monkeypatch.setattr(loop, "evaluate", lambda model, *args, **kwargs: (
-        scored.append({key: value.clone() for key, value in model.state_dict().items()})
-        or real_evaluate(model, *args, **kwargs)))
+    monkeypatch.setattr(loop, "evaluate", recording_evaluate)
     train(ema_config(shapes, tmp_path / "ema"), progress=False)
     monkeypatch.undo()
     train(ema_config(shapes, tmp_path / "plain", ema_decay=None), progress=False)
